@@ -1,0 +1,71 @@
+"""The built Collector distribution: finding the binary and asking it about configs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tokenlat_cli.render import env_vars_referenced
+
+BINARY_NAME = "tokenlat-otelcol"
+BINARY_ENV = "TOKENLAT_OTELCOL_BIN"
+# Where `make collector` builds it, in a source checkout.
+_SOURCE_BUILD = Path(__file__).resolve().parents[1] / "collector" / "_build" / BINARY_NAME
+
+
+class CollectorError(RuntimeError):
+    """The Collector binary is missing or refused something."""
+
+
+def find_collector() -> Path:
+    """$TOKENLAT_OTELCOL_BIN, else the source checkout's build, else tokenlat-otelcol on PATH."""
+    configured = os.environ.get(BINARY_ENV)
+    if configured:
+        path = Path(configured)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise CollectorError(f"{BINARY_ENV}={configured} is not an executable file")
+        return path
+    if _SOURCE_BUILD.is_file():
+        return _SOURCE_BUILD
+    on_path = shutil.which(BINARY_NAME)
+    if on_path:
+        return Path(on_path)
+    raise CollectorError(
+        f"{BINARY_NAME} not found: run `make collector` to build it (or set {BINARY_ENV} to its path)"
+    )
+
+
+def validate_config(text: str) -> None:
+    """Run `tokenlat-otelcol validate` on a config; raise CollectorError with its output when it refuses.
+
+    Variables the config references but this environment lacks get a placeholder: validation checks the
+    structure, and a deployment's secrets are not here (nor should they be).
+    """
+    binary = find_collector()
+    env = dict(os.environ)
+    for var in env_vars_referenced(text):
+        env.setdefault(var, "validate-placeholder")
+    with tempfile.TemporaryDirectory(prefix="tokenlat-validate-") as tmp:
+        config = Path(tmp) / "config.yaml"
+        config.write_text(text, encoding="utf-8")
+        result = subprocess.run(
+            [str(binary), "validate", f"--config={config}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+    if result.returncode != 0:
+        raise CollectorError((result.stderr or result.stdout).strip())
+
+
+def components() -> str:
+    """The output of `tokenlat-otelcol components` (YAML)."""
+    result = subprocess.run(
+        [str(find_collector()), "components"], capture_output=True, text=True, timeout=60, check=True
+    )
+    return result.stdout

@@ -1,0 +1,305 @@
+"""Profiles: what a deployment of the tokenlat Collector looks like, as one YAML file.
+
+A profile names the backend (kind, endpoint, auth), pipeline sizing, the metric attribute allowlist,
+de-identification, TLS and trace sampling. Built-in profiles ship inside this package (``profiles/``); any other
+argument is read as a path. ``load_profile`` returns the profile validated, with every default filled in, so the
+templates can render with StrictUndefined.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tokenlat import semconv
+from tokenlat_cli.schema import (
+    DURATION,
+    ENV_NAME,
+    ENV_REFERENCE,
+    Bool,
+    Enum,
+    Float,
+    Int,
+    List,
+    Obj,
+    SchemaError,
+    Str,
+    StrMap,
+)
+
+# A header whose name says it carries a credential must take its value from the environment.
+_SECRET_HEADER = re.compile(r"authorization|token|secret|key|password|cookie", re.IGNORECASE)
+HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
+URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+
+DEFAULT_METRIC_ATTRIBUTES = [
+    semconv.GEN_AI_OPERATION_NAME,
+    semconv.GEN_AI_PROVIDER_NAME,
+    semconv.GEN_AI_REQUEST_MODEL,
+    semconv.GEN_AI_RESPONSE_MODEL,
+    semconv.GEN_AI_TOKEN_TYPE,
+    semconv.ERROR_TYPE,
+]
+
+
+class ProfileError(Exception):
+    """A profile that cannot be used: the file, the field path and the reason."""
+
+    def __init__(self, source: str, path: str, reason: str) -> None:
+        super().__init__(f"{source}: {path}: {reason}" if path else f"{source}: {reason}")
+        self.source = source
+        self.path = path
+        self.reason = reason
+
+
+def _no_literal_secret(name: str, value: str, path: str) -> None:
+    if _SECRET_HEADER.search(name) and not ENV_REFERENCE.search(value):
+        raise SchemaError(
+            path, "looks like a literal secret; reference an environment variable instead, e.g. ${env:MY_TOKEN}"
+        )
+
+
+def _check_auth(auth: dict[str, Any], path: str) -> None:
+    needed = {"basic": "credentials_env", "bearer": "token_env", "none": None}[auth["kind"]]
+    for name in ("credentials_env", "token_env"):
+        if name == needed and not auth[name]:
+            raise SchemaError(f"{path}.{name}", f"is required when {path}.kind is {auth['kind']}")
+        if name != needed and auth[name]:
+            raise SchemaError(f"{path}.{name}", f"does not apply when {path}.kind is {auth['kind']}")
+
+
+def _check_receiver_tls(tls: dict[str, Any], path: str) -> None:
+    if tls["enabled"]:
+        for name in ("cert_file", "key_file"):
+            if not tls[name]:
+                raise SchemaError(f"{path}.{name}", f"is required when {path}.enabled is true")
+    elif tls["client_ca_file"]:
+        raise SchemaError(f"{path}.client_ca_file", f"mutual TLS needs {path}.enabled: true")
+
+
+def _check_memory(limiter: dict[str, Any], path: str) -> None:
+    if limiter["spike_limit_mib"] >= limiter["limit_mib"]:
+        raise SchemaError(f"{path}.spike_limit_mib", f"must be below {path}.limit_mib ({limiter['limit_mib']})")
+
+
+def _check_traces(traces: dict[str, Any], path: str) -> None:
+    if traces["enabled"] and not traces["endpoint"]:
+        raise SchemaError(f"{path}.endpoint", f"is required when {path}.enabled is true")
+
+
+# Attribute keys that identify a request or a person: never allowed as metric labels (cardinality, PIPL).
+ID_LIKE_ATTRIBUTE = re.compile(r"(^|[._])(request|req|trace|span|session|conversation|user|enduser)[._]?id$")
+
+
+def _check_allowlist(profile: dict[str, Any], path: str) -> None:
+    user_ids = set(profile["deidentification"]["user_id_attributes"])
+    for i, key in enumerate(profile["metrics"]["attributes"]):
+        if key in user_ids or ID_LIKE_ATTRIBUTE.search(key):
+            raise SchemaError(
+                f"metrics.attributes[{i}]",
+                f"{key!r} identifies a request or a user and must not become a metric label "
+                "(it belongs on spans, reachable through exemplars)",
+            )
+
+
+_duration = {"pattern": DURATION, "pattern_hint": "a duration like 500ms, 5s, 1m"}
+_host_port = {"pattern": HOST_PORT, "pattern_hint": "host:port"}
+_file = Str(doc="Path to a PEM file as seen by the Collector.", default="")
+
+PROFILE_SCHEMA = Obj(
+    doc="A tokenlat profile.",
+    fields={
+        "description": Str(doc="One line shown by `tokenlat profiles`.", default=""),
+        "backend": Obj(
+            doc="Where metrics go: a Prometheus remote-write receiver.",
+            fields={
+                "kind": Enum(
+                    doc="The backend family; decides remote-write details.",
+                    choices=("prometheus",),
+                    default="prometheus",
+                ),
+                "endpoint": Str(
+                    doc="Remote-write URL (http or https), or a ${env:VAR} reference.",
+                    pattern=re.compile(URL.pattern + "|" + r"^\$\{env:[A-Za-z_][A-Za-z0-9_]*\}$"),
+                    pattern_hint="an http(s) URL",
+                ),
+                "auth": Obj(
+                    doc="Credentials, always by environment variable name; never literal.",
+                    fields={
+                        "kind": Enum(doc="Auth scheme.", choices=("none", "basic", "bearer"), default="none"),
+                        "credentials_env": Str(
+                            doc="basic: variable holding base64(username:password).",
+                            pattern=ENV_NAME,
+                            pattern_hint="an environment variable name like MY_TOKEN",
+                            default="",
+                        ),
+                        "token_env": Str(
+                            doc="bearer: variable holding the token.",
+                            pattern=ENV_NAME,
+                            pattern_hint="an environment variable name like MY_TOKEN",
+                            default="",
+                        ),
+                    },
+                    check=_check_auth,
+                ),
+                "headers": StrMap(
+                    doc="Extra HTTP headers; credential-like headers must use ${env:VAR}.",
+                    default={},
+                    value_check=_no_literal_secret,
+                ),
+                "external_labels": StrMap(doc="Labels added to every series.", default={}),
+                "timeout": Str(doc="Remote-write request timeout.", default="10s", **_duration),
+                "queue_size": Int(doc="Remote-write queue capacity (requests).", default=10000, minimum=1),
+                "max_parallel_requests": Int(
+                    doc="Parallel remote-write requests for a large batch.", default=5, minimum=1, maximum=64
+                ),
+                "retry_max_elapsed": Str(doc="Give up retrying a batch after this long.", default="300s", **_duration),
+            },
+        ),
+        "receiver": Obj(
+            doc="The OTLP receiver the instrumented services send to.",
+            fields={
+                "grpc_endpoint": Str(doc="OTLP/gRPC listen address.", default="0.0.0.0:4317", **_host_port),
+                "http_endpoint": Str(doc="OTLP/HTTP listen address.", default="0.0.0.0:4318", **_host_port),
+                "tls": Obj(
+                    doc="Server TLS for the OTLP receiver; client_ca_file turns on mutual TLS.",
+                    fields={
+                        "enabled": Bool(doc="Serve OTLP over TLS.", default=False),
+                        "cert_file": _file,
+                        "key_file": _file,
+                        "client_ca_file": _file,
+                    },
+                    check=_check_receiver_tls,
+                ),
+            },
+        ),
+        "pipeline": Obj(
+            doc="Sizing of the Collector pipeline.",
+            fields={
+                "memory_limiter": Obj(
+                    doc="Refuses data before the Collector runs out of memory (first processor).",
+                    fields={
+                        "check_interval": Str(doc="How often memory is checked.", default="1s", **_duration),
+                        "limit_mib": Int(doc="Hard limit in MiB.", default=512, minimum=32),
+                        "spike_limit_mib": Int(doc="Headroom below the limit in MiB.", default=128, minimum=1),
+                    },
+                    check=_check_memory,
+                ),
+                "batch": Obj(
+                    doc="Batching before export.",
+                    fields={
+                        "timeout": Str(doc="Send a batch at least this often.", default="1s", **_duration),
+                        "send_batch_size": Int(doc="Data points that trigger a send.", default=8192, minimum=1),
+                        "send_batch_max_size": Int(doc="Largest batch sent.", default=16384, minimum=1),
+                    },
+                ),
+            },
+        ),
+        "metrics": Obj(
+            doc="What metric data points may carry.",
+            fields={
+                "attributes": List(
+                    doc="Allowlist of data-point attribute keys; all others are dropped in the Collector.",
+                    item=Str(),
+                    default=DEFAULT_METRIC_ATTRIBUTES,
+                ),
+            },
+        ),
+        "deidentification": Obj(
+            doc="User ids are hashed with a salt from the environment before anything leaves the Collector.",
+            fields={
+                "user_id_attributes": List(
+                    doc="Span attributes holding user ids.", item=Str(), default=["user.id", "enduser.id"]
+                ),
+                "salt_env": Str(
+                    doc="Environment variable holding the hashing salt.",
+                    pattern=ENV_NAME,
+                    pattern_hint="an environment variable name",
+                    default="TOKENLAT_USER_ID_SALT",
+                ),
+            },
+        ),
+        "traces": Obj(
+            doc="Optional trace pipeline with tail sampling.",
+            fields={
+                "enabled": Bool(doc="Render a traces pipeline.", default=False),
+                "endpoint": Str(doc="OTLP/gRPC endpoint of the trace backend.", default="", **_host_port),
+                "insecure": Bool(doc="Plain-text gRPC to the trace backend.", default=False),
+                "decision_wait": Str(doc="How long a trace is held before deciding.", default="10s", **_duration),
+                "vip_attribute": Str(doc="Span attribute naming the user tier.", default="tokenlat.user.tier"),
+                "vip_values": List(doc="Tiers kept at 100%.", item=Str(), default=["vip"]),
+                "slow_ttft_seconds": Float(
+                    doc="Keep every trace whose TTFT span attribute passes this.", default=2.0, minimum=0.0
+                ),
+                "sample_percentage": Float(
+                    doc="Share of the remaining traces kept.", default=5.0, minimum=0.0, maximum=100.0
+                ),
+            },
+            check=_check_traces,
+        ),
+        "service": Obj(
+            doc="The Collector's own endpoints.",
+            fields={
+                "health_endpoint": Str(doc="health_check listen address.", default="0.0.0.0:13133", **_host_port),
+                "telemetry_host": Str(doc="Host of the Collector's own Prometheus metrics.", default="0.0.0.0"),
+                "telemetry_port": Int(doc="Port of the Collector's own metrics.", default=8888, minimum=1),
+                "log_level": Enum(doc="Collector log level.", choices=("debug", "info", "warn", "error"), default="info"),
+            },
+        ),
+    },
+    check=_check_allowlist,
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated profile: its name, the file it came from and the normalised data."""
+
+    name: str
+    source: str
+    data: dict[str, Any]
+
+
+def builtin_dir() -> Path:
+    return Path(str(resources.files("tokenlat_cli") / "profiles"))
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
+
+
+def resolve(name_or_path: str) -> Path:
+    """A built-in profile name, or a path to a profile file."""
+    builtin = builtin_dir() / f"{name_or_path}.yaml"
+    if "/" not in name_or_path and not name_or_path.endswith((".yaml", ".yml")):
+        if builtin.is_file():
+            return builtin
+        raise ProfileError(
+            name_or_path, "", f"no such built-in profile; known profiles: {', '.join(builtin_names())}"
+        )
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise ProfileError(name_or_path, "", "no such file")
+    return path
+
+
+def load_profile(name_or_path: str) -> Profile:
+    path = resolve(name_or_path)
+    source = str(path) if path.parent != builtin_dir() else f"built-in profile {path.stem} ({path})"
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ProfileError(source, where, f"invalid YAML: {problem}") from None
+    try:
+        data = PROFILE_SCHEMA.validate(raw, "")
+    except SchemaError as exc:
+        raise ProfileError(source, exc.path, exc.reason) from None
+    return Profile(name=path.stem, source=source, data=data)
