@@ -33,9 +33,7 @@ def find_collector() -> Path:
     on_path = shutil.which(BINARY_NAME)
     if on_path:
         return Path(on_path)
-    raise CollectorError(
-        f"{BINARY_NAME} not found: run `make collector` to build it (or set {BINARY_ENV} to its path)"
-    )
+    raise CollectorError(f"{BINARY_NAME} not found: run `make collector` to build it (or set {BINARY_ENV} to its path)")
 
 
 def validate_config(text: str) -> None:

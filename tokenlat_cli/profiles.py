@@ -60,7 +60,8 @@ class ProfileError(Exception):
 def _no_literal_secret(name: str, value: str, path: str) -> None:
     if _SECRET_HEADER.search(name) and not ENV_REFERENCE.search(value):
         raise SchemaError(
-            path, "looks like a literal secret; reference an environment variable instead, e.g. ${env:MY_TOKEN}"
+            path,
+            "looks like a literal secret; reference an environment variable instead, e.g. ${env:MY_TOKEN}",
         )
 
 
@@ -248,7 +249,9 @@ PROFILE_SCHEMA = Obj(
                 "health_endpoint": Str(doc="health_check listen address.", default="0.0.0.0:13133", **_host_port),
                 "telemetry_host": Str(doc="Host of the Collector's own Prometheus metrics.", default="0.0.0.0"),
                 "telemetry_port": Int(doc="Port of the Collector's own metrics.", default=8888, minimum=1),
-                "log_level": Enum(doc="Collector log level.", choices=("debug", "info", "warn", "error"), default="info"),
+                "log_level": Enum(
+                    doc="Collector log level.", choices=("debug", "info", "warn", "error"), default="info"
+                ),
             },
         ),
     },
@@ -279,9 +282,7 @@ def resolve(name_or_path: str) -> Path:
     if "/" not in name_or_path and not name_or_path.endswith((".yaml", ".yml")):
         if builtin.is_file():
             return builtin
-        raise ProfileError(
-            name_or_path, "", f"no such built-in profile; known profiles: {', '.join(builtin_names())}"
-        )
+        raise ProfileError(name_or_path, "", f"no such built-in profile; known profiles: {', '.join(builtin_names())}")
     path = Path(name_or_path)
     if not path.is_file():
         raise ProfileError(name_or_path, "", "no such file")

@@ -66,7 +66,7 @@ def _deidentify_statements(profile: dict[str, Any]) -> list[str]:
     salt = _ottl_string(env_ref(profile["deidentification"]["salt_env"]))
     statements = []
     for key in profile["deidentification"]["user_id_attributes"]:
-        attr = f"attributes[{_ottl_string(key)}]"
+        attr = f"span.attributes[{_ottl_string(key)}]"
         statements.append(f'set({attr}, SHA256(Concat([{salt}, {attr}], ":"))) where {attr} != nil')
     return statements
 
@@ -82,11 +82,11 @@ def template_context(profile: Profile) -> dict[str, Any]:
         "auth": auth,
         "headers": p["backend"]["headers"],
         "extension_names": extensions,
-        "metric_allowlist_statement": f"keep_keys(attributes, [{allowlist}])",
+        "metric_allowlist_statement": f"keep_keys(datapoint.attributes, [{allowlist}])",
         "deidentify_statements": _deidentify_statements(p),
         "slow_ttft_condition": (
-            f'attributes["gen_ai.response.time_to_first_chunk"] != nil and '
-            f'attributes["gen_ai.response.time_to_first_chunk"] > {p["traces"]["slow_ttft_seconds"]}'
+            f'span.attributes["gen_ai.response.time_to_first_chunk"] != nil and '
+            f'span.attributes["gen_ai.response.time_to_first_chunk"] > {p["traces"]["slow_ttft_seconds"]}'
         ),
     }
     return context

@@ -89,7 +89,10 @@ class Int(Node):
         return value
 
     def describe_type(self) -> str:
-        bounds = [f">= {self.minimum}" if self.minimum is not None else "", "" if self.maximum is None else f"<= {self.maximum}"]
+        bounds = [
+            f">= {self.minimum}" if self.minimum is not None else "",
+            "" if self.maximum is None else f"<= {self.maximum}",
+        ]
         shown = ", ".join(b for b in bounds if b)
         return f"integer ({shown})" if shown else "integer"
 

@@ -1,6 +1,150 @@
+"""`tokenlat verify`: prove the whole path end to end against a real Collector and a real Prometheus."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+from types import FrameType
+
 import click
+
+from tokenlat.synthetic import Distribution, parse_token_range
+from tokenlat_cli.collector import CollectorError, find_collector
+from tokenlat_cli.files import write_atomically
+from tokenlat_cli.options import load_profile_or_exit, profile_option
+from tokenlat_cli.verify.processes import ServiceError
+from tokenlat_cli.verify.runner import UnsupportedProfile, VerifySettings, check_supported, run_verify
+
+DEFAULTS = VerifySettings()
+
+
+def _distribution(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return str(Distribution.parse(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _token_range(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        low, high = parse_token_range(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return f"{low}-{high}"
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM takes the same path as Ctrl-C, so every started process is stopped.
+    raise KeyboardInterrupt
 
 
 @click.command()
-def verify() -> None:
-    """stub"""
+@profile_option
+@click.option(
+    "--requests",
+    "total",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.requests,
+    show_default=True,
+    help="Streaming requests to send in all.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.concurrency,
+    show_default=True,
+    help="Requests in flight at once.",
+)
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed of the synthetic timings.")
+@click.option(
+    "--ttft",
+    default=DEFAULTS.ttft,
+    show_default=True,
+    callback=_distribution,
+    help="Time to first token of the synthetic server (fixed:V, uniform:LO,HI, lognormal:MEDIAN,SIGMA, "
+    "normal:MEAN,SD).",
+)
+@click.option(
+    "--inter-token",
+    default=DEFAULTS.inter_token,
+    show_default=True,
+    callback=_distribution,
+    help="Gap between tokens of the synthetic server.",
+)
+@click.option(
+    "--output-tokens",
+    default=DEFAULTS.output_tokens,
+    show_default=True,
+    callback=_token_range,
+    metavar="LO-HI",
+    help="Completion length range.",
+)
+@click.option(
+    "--deadline",
+    type=click.FloatRange(min=1),
+    default=DEFAULTS.deadline,
+    show_default=True,
+    help="Seconds to wait for the data to arrive in Prometheus.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the report as JSON here.",
+)
+@click.option("--keep", is_flag=True, help="Keep the temp dir (configs, logs, Prometheus data) and print its path.")
+def verify(
+    profile_name: str,
+    total: int,
+    concurrency: int,
+    seed: int,
+    ttft: str,
+    inter_token: str,
+    output_tokens: str,
+    deadline: float,
+    json_path: Path | None,
+    keep: bool,
+) -> None:
+    """Push synthetic token streams with known timings through the real Collector into a real Prometheus, and
+    compare what arrives with the truth.
+
+    Exit status: 0 when every check passes, 1 when one fails or a service cannot start, 2 on bad usage.
+    """
+    profile = load_profile_or_exit(profile_name)
+    try:
+        check_supported(profile)
+        find_collector()
+    except UnsupportedProfile as exc:
+        raise click.UsageError(str(exc)) from None
+    except CollectorError as exc:
+        raise click.ClickException(str(exc)) from None
+    settings = VerifySettings(
+        requests=total,
+        concurrency=concurrency,
+        seed=seed,
+        ttft=ttft,
+        inter_token=inter_token,
+        output_tokens=output_tokens,
+        deadline=deadline,
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="tokenlat-verify-"))
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        report = run_verify(profile, settings, workdir, lambda line: click.echo(line, err=True))
+    except (ServiceError, CollectorError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted; every started process was stopped") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if keep:
+            click.echo(f"kept {workdir}", err=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    click.echo(report.table())
+    if json_path is not None:
+        write_atomically(json_path, report.to_json())
+    if not report.passed:
+        raise SystemExit(1)

@@ -1,0 +1,143 @@
+"""What verify compares: what Prometheus answers against the ground truth of the load.
+
+Counts must match exactly. Quantiles come from ``histogram_quantile`` over explicit buckets, which can only
+place a quantile within the bucket that holds it (linear interpolation inside the bucket), so the stated
+tolerance of a quantile is the width of the bucket that holds the true value: an answer outside it means data
+was lost, duplicated or mis-bucketed on the way.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import requests
+
+from tokenlat import semconv
+from tokenlat.stream import RequestTiming
+from tokenlat_cli.profiles import ID_LIKE_ATTRIBUTE
+
+QUANTILES = (0.5, 0.9, 0.99)
+# Label names as Prometheus shows them (dots became underscores).
+ID_LIKE_LABEL = re.compile(ID_LIKE_ATTRIBUTE.pattern.replace("[._]", "_"))
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    expected: float | str
+    observed: float | str | None
+    error: float | None
+    tolerance: float | str
+    passed: bool
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class PrometheusClient:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.session = requests.Session()
+
+    def query(self, expr: str) -> list[dict[str, object]]:
+        response = self.session.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
+        response.raise_for_status()
+        payload = response.json()
+        if payload.get("status") != "success":
+            raise RuntimeError(f"query {expr!r} failed: {payload}")
+        return list(payload["data"]["result"])
+
+    def scalar(self, expr: str) -> float | None:
+        """The single value of an instant query, or None when it returns no series."""
+        result = self.query(expr)
+        if not result:
+            return None
+        return float(result[0]["value"][1])  # type: ignore[index]
+
+    def label_names(self) -> list[str]:
+        response = self.session.get(f"{self.url}/api/v1/labels", timeout=10)
+        response.raise_for_status()
+        return list(response.json()["data"])
+
+
+def wait_for_value(
+    read: Callable[[], float | None], expected: float, timeout: float, interval: float = 0.5
+) -> float | None:
+    """Poll until ``read()`` returns ``expected`` or the deadline passes; return the last value read."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = read()
+    return value
+
+
+def true_quantile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank quantile: the smallest value with at least q of all values at or below it."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q * len(ordered)))
+    return ordered[rank - 1]
+
+
+def bucket_of(value: float, bounds: Sequence[float]) -> tuple[float, float]:
+    """The (lower, upper] bucket holding ``value``; upper is inf beyond the last boundary."""
+    i = bisect.bisect_left(bounds, value)
+    lower = bounds[i - 1] if i > 0 else 0.0
+    upper = bounds[i] if i < len(bounds) else math.inf
+    return lower, upper
+
+
+def count_check(name: str, expected: int, observed: float | None) -> Check:
+    passed = observed is not None and observed == expected
+    error = None if observed is None else observed - expected
+    return Check(name, expected, observed, error, "exact", passed, "" if passed else "count differs")
+
+
+def quantile_check(spec: semconv.MetricSpec, q: float, truths: Sequence[float], observed: float | None) -> Check:
+    name = f"{semconv.prometheus_name(spec)} p{round(q * 100)}"
+    truth = true_quantile(truths, q)
+    lower, upper = bucket_of(truth, spec.buckets)
+    tolerance = upper - lower
+    if observed is None or math.isnan(observed):
+        return Check(name, truth, None, None, tolerance, False, "no data in Prometheus")
+    error = observed - truth
+    passed = math.isfinite(tolerance) and abs(error) <= tolerance
+    detail = f"bucket ({lower:g}, {upper:g}]; relative error {error / truth:+.1%}" if truth else ""
+    return Check(name, truth, observed, error, tolerance, passed, detail)
+
+
+def truth_series(truths: Sequence[RequestTiming]) -> dict[str, list[float]]:
+    """Per metric, the true per-request values (TPOT only where it is defined)."""
+    series: dict[str, list[float]] = {spec.name: [] for spec in semconv.HISTOGRAMS}
+    for t in truths:
+        for spec, value in (
+            (semconv.TTFT_SPEC, t.ttft),
+            (semconv.TPOT_SPEC, t.time_per_output_token),
+            (semconv.DURATION_SPEC, t.duration),
+        ):
+            if value is not None:
+                series[spec.name].append(value)
+    return series
+
+
+def quantile_query(spec: semconv.MetricSpec, q: float) -> str:
+    return f"histogram_quantile({q}, sum by (le) ({semconv.prometheus_name(spec)}_bucket))"
+
+
+def id_label_check(label_names: Sequence[str]) -> Check:
+    offending = sorted(name for name in label_names if ID_LIKE_LABEL.search(name))
+    return Check(
+        "no request-id or user-id labels",
+        "none",
+        ", ".join(offending) or "none",
+        None,
+        "exact",
+        not offending,
+        f"{len(label_names)} label names checked",
+    )

@@ -1,0 +1,133 @@
+"""The load: concurrent streaming chat completions through the real tokenlat instrumentation.
+
+Every request is measured twice: by the tokenlat wrapper (what goes to the Collector) and by this driver's own
+clock readings (the ground truth verify compares Prometheus with). The model server's seeded timings make the
+load repeatable; what the client observed is the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from tokenlat.sse import iter_sse_data, openai_chunk_tokens, parse_openai_event
+from tokenlat.stream import RequestTiming, TokenMetrics, wrap_async_stream
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class LoadResult:
+    """Ground truth of the successful requests, and what went wrong with the others."""
+
+    truths: list[RequestTiming] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(t.output_tokens for t in self.truths)
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(t.input_tokens or 0 for t in self.truths)
+
+
+def _prompt(rng: random.Random) -> tuple[str, int]:
+    words = rng.randint(5, 60)
+    return " ".join(f"w{i}" for i in range(words)), words
+
+
+async def _events(response: aiohttp.ClientResponse, usage: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async for data in iter_sse_data(response.content.iter_any()):
+        event = parse_openai_event(data)
+        if event is None:
+            return
+        if event.get("usage"):
+            usage.update(event["usage"])
+        yield event
+
+
+async def _one_request(
+    session: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    rng: random.Random,
+    metrics: TokenMetrics,
+    attributes: Mapping[str, str],
+) -> RequestTiming:
+    prompt, words = _prompt(rng)
+    body = {
+        "model": model,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": prompt}],
+    }
+    truth = RequestTiming(start=time.perf_counter(), input_tokens=words)
+    async with session.post(f"{url}/v1/chat/completions", json=body) as response:
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")
+        usage: dict[str, Any] = {}
+        stream = wrap_async_stream(
+            _events(response, usage),
+            metrics,
+            attributes=attributes,
+            input_tokens=words,
+            count_tokens=openai_chunk_tokens,
+            start=truth.start,
+        )
+        async for event in stream:
+            tokens = openai_chunk_tokens(event)
+            if tokens and truth.first_token is None:
+                truth.first_token = time.perf_counter()
+            truth.output_tokens += tokens
+        truth.end = time.perf_counter()
+    # The server's own count must agree with what the client counted, or the truth itself is wrong.
+    if usage.get("completion_tokens") != truth.output_tokens or usage.get("prompt_tokens") != words:
+        raise RuntimeError(f"usage {usage} disagrees with the client's count ({truth.output_tokens} out, {words} in)")
+    return truth
+
+
+async def run_load(
+    url: str,
+    total: int,
+    concurrency: int,
+    metrics: TokenMetrics,
+    attributes: Mapping[str, str],
+    model: str,
+    seed: int,
+    progress: Progress | None = None,
+) -> LoadResult:
+    """``total`` streaming requests, at most ``concurrency`` at a time."""
+    result = LoadResult()
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(total):
+        queue.put_nowait(index)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=300, sock_connect=10)
+    done = 0
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal done
+        while True:
+            try:
+                index = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            rng = random.Random(seed * 1_000_003 + index)
+            try:
+                result.truths.append(await _one_request(session, url, model, rng, metrics, attributes))
+            except (aiohttp.ClientError, RuntimeError, ValueError, asyncio.TimeoutError) as exc:
+                result.failures.append(f"request {index}: {type(exc).__name__}: {exc}")
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await asyncio.gather(*(worker(session) for _ in range(min(concurrency, total))))
+    return result

@@ -1,0 +1,80 @@
+"""The verify report: a table a person reads, and the same content as JSON for CI."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenlat_cli.verify.checks import Check
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf"
+        if value == int(value) and abs(value) >= 1:
+            return f"{int(value)}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+@dataclass
+class Report:
+    profile: str
+    settings: dict[str, Any]
+    checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def to_json(self) -> str:
+        payload = {
+            "profile": self.profile,
+            "passed": self.passed,
+            "settings": self.settings,
+            "checks": [{k: _json_number(v) for k, v in c.to_dict().items()} for c in self.checks],
+            "notes": self.notes,
+        }
+        return json.dumps(payload, indent=2, allow_nan=False) + "\n"
+
+    def table(self) -> str:
+        header = ("check", "expected", "observed", "error", "tolerance", "result")
+        rows = [
+            (c.name, _cell(c.expected), _cell(c.observed), _cell(c.error), _cell(c.tolerance), _result(c))
+            for c in self.checks
+        ]
+        return _format_table(header, rows) + "\n" + self._summary()
+
+    def _summary(self) -> str:
+        failed = sum(1 for c in self.checks if not c.passed)
+        verdict = "PASSED" if self.passed else "FAILED"
+        lines = [
+            *self.notes,
+            f"verify {verdict}: {len(self.checks) - failed} of {len(self.checks)} checks passed",
+        ]
+        return "\n".join(lines)
+
+
+def _json_number(value: object) -> object:
+    """JSON has no inf or nan: those become strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _result(check: Check) -> str:
+    return "PASS" if check.passed else f"FAIL {check.detail}".rstrip()
+
+
+def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

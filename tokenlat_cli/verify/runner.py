@@ -1,0 +1,227 @@
+"""verify, stage by stage: real Prometheus, real Collector, synthetic model, real instrumentation; then compare.
+
+Like the Collector's own testbed: count what was sent, count what arrived, compare; then compare quantiles with
+the truth. Every process started here is stopped however the run ends (failure, Ctrl-C, SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import requests
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import AggregationTemporality, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+
+from tokenlat import semconv
+from tokenlat.stream import TokenMetrics
+from tokenlat.synthetic import DEFAULT_MODEL
+from tokenlat_cli.collector import validate_config
+from tokenlat_cli.profiles import Profile
+from tokenlat_cli.render import render_collector_config
+from tokenlat_cli.verify import checks
+from tokenlat_cli.verify.load import LoadResult, run_load
+from tokenlat_cli.verify.processes import ProcessGroup
+from tokenlat_cli.verify.report import Report
+from tokenlat_cli.verify.services import (
+    CollectorEndpoints,
+    Prometheus,
+    start_collector,
+    start_prometheus,
+    start_synthetic,
+)
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    requests: int = 300
+    concurrency: int = 100
+    seed: int = 0
+    ttft: str = "lognormal:0.12,0.35"
+    inter_token: str = "lognormal:0.012,0.3"
+    output_tokens: str = "16-48"
+    #: How long to wait for the data to arrive in Prometheus after the flush.
+    deadline: float = 60.0
+    export_interval: float = 1.0
+
+
+class UnsupportedProfile(ValueError):
+    """A profile whose backend verify cannot stand up locally yet."""
+
+
+def check_supported(profile: Profile) -> None:
+    """Fail before starting anything when the profile needs what verify cannot stand up locally yet."""
+    unsupported = [
+        reason
+        for reason, present in (
+            ("backend auth", profile.data["backend"]["auth"]["kind"] != "none"),
+            ("receiver TLS", profile.data["receiver"]["tls"]["enabled"]),
+            ("a traces pipeline", profile.data["traces"]["enabled"]),
+        )
+        if present
+    ]
+    if unsupported:
+        raise UnsupportedProfile(
+            f"{profile.source}: verify cannot yet stand up {', '.join(unsupported)} locally; "
+            "use a profile without them (e.g. --profile local)"
+        )
+
+
+def local_profile(profile: Profile, prometheus: Prometheus, endpoints: CollectorEndpoints) -> Profile:
+    """The same profile and pipeline, with every address pointed at this run's local services and free ports."""
+    check_supported(profile)
+    data = copy.deepcopy(profile.data)
+    data["backend"]["endpoint"] = prometheus.remote_write_url
+    data["receiver"]["grpc_endpoint"] = endpoints.otlp_grpc
+    data["receiver"]["http_endpoint"] = endpoints.otlp_http
+    data["service"]["health_endpoint"] = endpoints.health
+    host, port = endpoints.telemetry.rsplit(":", 1)
+    data["service"]["telemetry_host"] = host
+    data["service"]["telemetry_port"] = int(port)
+    return Profile(profile.name, profile.source, data)
+
+
+def _meter_provider(otlp_endpoint: str, interval: float) -> MeterProvider:
+    # Cumulative temporality: the remote-write exporter drops delta histograms.
+    exporter = OTLPMetricExporter(
+        endpoint=otlp_endpoint,
+        insecure=True,
+        preferred_temporality={Histogram: AggregationTemporality.CUMULATIVE},
+    )
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=interval * 1000)
+    resource = Resource.create({"service.name": "tokenlat-verify"})
+    return MeterProvider(metric_readers=[reader], resource=resource)
+
+
+def _exporter_failures(telemetry_url: str) -> float:
+    """Data points the Collector's exporters failed to send, from its own metrics."""
+    text = requests.get(telemetry_url, timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("otelcol_exporter_send_failed_metric_points")
+    )
+
+
+class Stages:
+    """Numbered progress lines on stderr, with the time each stage took."""
+
+    def __init__(self, echo: Echo, total: int) -> None:
+        self.echo = echo
+        self.total = total
+        self.number = 0
+
+    def begin(self, text: str) -> float:
+        self.number += 1
+        self.echo(f"[{self.number}/{self.total}] {text}")
+        return time.monotonic()
+
+    def end(self, started: float, detail: str = "") -> None:
+        self.echo(f"      done in {time.monotonic() - started:.1f}s{(': ' + detail) if detail else ''}")
+
+
+def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: Echo) -> Report:
+    stages = Stages(echo, 7)
+    report = Report(profile=profile.name, settings=asdict(settings))
+    with ProcessGroup() as group:
+        started = stages.begin("starting Prometheus (remote-write receiver on)")
+        prometheus = start_prometheus(group, workdir)
+        stages.end(started, prometheus.url)
+
+        started = stages.begin(f"rendering profile {profile.name} for local services and validating it")
+        endpoints = CollectorEndpoints.pick()
+        config = render_collector_config(local_profile(profile, prometheus, endpoints))
+        validate_config(config)
+        stages.end(started, str(workdir / "collector.yaml"))
+
+        started = stages.begin("starting the tokenlat Collector")
+        collector = start_collector(group, workdir, config, endpoints, env={})
+        stages.end(started, f"OTLP gRPC on {endpoints.otlp_grpc}")
+
+        started = stages.begin("starting the synthetic model server")
+        synthetic_args = [
+            f"--seed={settings.seed}",
+            f"--ttft={settings.ttft}",
+            f"--inter-token={settings.inter_token}",
+            f"--output-tokens={settings.output_tokens}",
+        ]
+        server = start_synthetic(group, workdir, synthetic_args)
+        stages.end(started, server.url)
+
+        started = stages.begin(
+            f"streaming {settings.requests} chat completions, {settings.concurrency} at a time, "
+            "through the tokenlat instrumentation"
+        )
+        provider = _meter_provider(collector.otlp_grpc_endpoint, settings.export_interval)
+        load = _drive(server.url, settings, TokenMetrics(provider), echo)
+        provider.force_flush()
+        provider.shutdown()
+        stages.end(started, f"{len(load.truths)} succeeded, {len(load.failures)} failed; metrics flushed")
+
+        started = stages.begin(f"waiting for the data in Prometheus (up to {settings.deadline:.0f}s)")
+        client = checks.PrometheusClient(prometheus.url)
+        _compare(report, load, settings, client)
+        report.checks.append(
+            checks.count_check("Collector exporter send failures", 0, _exporter_failures(collector.telemetry_url))
+        )
+        stages.end(started)
+        stages.begin("stopping services")
+    return report
+
+
+def _drive(url: str, settings: VerifySettings, metrics: TokenMetrics, echo: Echo) -> LoadResult:
+    step = max(1, settings.requests // 5)
+
+    def progress(done: int, total: int) -> None:
+        if done % step == 0 or done == total:
+            echo(f"      {done}/{total} requests done")
+
+    attributes = {
+        semconv.GEN_AI_OPERATION_NAME: "chat",
+        semconv.GEN_AI_PROVIDER_NAME: "tokenlat.synthetic",
+        semconv.GEN_AI_REQUEST_MODEL: DEFAULT_MODEL,
+    }
+    return asyncio.run(
+        run_load(
+            url,
+            settings.requests,
+            settings.concurrency,
+            metrics,
+            attributes,
+            DEFAULT_MODEL,
+            settings.seed,
+            progress,
+        )
+    )
+
+
+def _compare(report: Report, load: LoadResult, settings: VerifySettings, client: checks.PrometheusClient) -> None:
+    duration = semconv.prometheus_name(semconv.DURATION_SPEC)
+    usage = semconv.prometheus_name(semconv.TOKEN_USAGE_SPEC)
+    token_type = semconv.GEN_AI_TOKEN_TYPE.replace(".", "_")
+    sent = len(load.truths)
+    report.checks.append(checks.count_check("requests that succeeded", settings.requests, sent))
+    for failure in load.failures[:5]:
+        report.notes.append(f"failed {failure}")
+
+    arrived = checks.wait_for_value(lambda: client.scalar(f"sum({duration}_count)"), sent, settings.deadline)
+    report.checks.append(checks.count_check(f"{duration}_count (requests)", sent, arrived))
+    for kind, expected in (("output", load.output_tokens), ("input", load.input_tokens)):
+        expr = f'sum({usage}_sum{{{token_type}="{kind}"}})'
+        observed = checks.wait_for_value(lambda expr=expr: client.scalar(expr), expected, 5.0)
+        report.checks.append(checks.count_check(f"{usage}_sum {kind} tokens", expected, observed))
+
+    truths = checks.truth_series(load.truths)
+    for spec in (semconv.TTFT_SPEC, semconv.TPOT_SPEC, semconv.DURATION_SPEC):
+        for q in checks.QUANTILES:
+            observed_q = client.scalar(checks.quantile_query(spec, q))
+            report.checks.append(checks.quantile_check(spec, q, truths[spec.name], observed_q))
+    report.checks.append(checks.id_label_check(client.label_names()))

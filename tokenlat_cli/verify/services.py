@@ -1,0 +1,129 @@
+"""The real services verify runs: Prometheus, the built Collector, and the synthetic model server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from tokenlat_cli.collector import find_collector
+from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, ServiceError, free_port
+
+PROMETHEUS_ENV = "PROMETHEUS_BIN"
+START_TIMEOUT = 60.0
+
+
+def find_prometheus() -> Path:
+    """$PROMETHEUS_BIN, else prometheus on PATH (Debian's package)."""
+    configured = os.environ.get(PROMETHEUS_ENV)
+    if configured:
+        if not os.access(configured, os.X_OK):
+            raise ServiceError(f"{PROMETHEUS_ENV}={configured} is not an executable file")
+        return Path(configured)
+    found = shutil.which("prometheus")
+    if not found:
+        raise ServiceError(
+            "prometheus not found: install it (`apt-get install prometheus`, or `make prometheus`) "
+            f"or set {PROMETHEUS_ENV} to its path"
+        )
+    return Path(found)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@dataclass
+class Prometheus:
+    process: ManagedProcess
+    url: str
+
+    @property
+    def remote_write_url(self) -> str:
+        return f"{self.url}/api/v1/write"
+
+
+def start_prometheus(group: ProcessGroup, workdir: Path) -> Prometheus:
+    """A Prometheus with the remote-write receiver on, scraping nothing, its TSDB in the temp dir."""
+    config = workdir / "prometheus.yml"
+    config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n", encoding="utf-8")
+    port = free_port()
+    argv = [
+        str(find_prometheus()),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--web.enable-remote-write-receiver",
+        "--storage.tsdb.retention.time=1d",
+    ]
+    process = group.start("prometheus", argv, workdir / "prometheus.log")
+    url = f"http://127.0.0.1:{port}"
+    process.wait_until(lambda: _http_ok(f"{url}/-/ready"), START_TIMEOUT, "ready")
+    return Prometheus(process, url)
+
+
+@dataclass
+class Collector:
+    process: ManagedProcess
+    otlp_grpc_endpoint: str
+    telemetry_url: str
+
+
+def start_collector(
+    group: ProcessGroup, workdir: Path, config_text: str, endpoints: CollectorEndpoints, env: dict[str, str]
+) -> Collector:
+    """The ocb-built Collector with a rendered config; ready when its health check answers."""
+    config = workdir / "collector.yaml"
+    config.write_text(config_text, encoding="utf-8")
+    argv = [str(find_collector()), f"--config={config}"]
+    process = group.start("tokenlat-otelcol", argv, workdir / "collector.log", env=env)
+    process.wait_until(lambda: _http_ok(f"http://{endpoints.health}"), START_TIMEOUT, "healthy")
+    return Collector(process, endpoints.otlp_grpc, f"http://{endpoints.telemetry}/metrics")
+
+
+@dataclass(frozen=True)
+class CollectorEndpoints:
+    """Free local ports for every address the Collector listens on."""
+
+    otlp_grpc: str
+    otlp_http: str
+    health: str
+    telemetry: str
+
+    @classmethod
+    def pick(cls) -> CollectorEndpoints:
+        return cls(*(f"127.0.0.1:{free_port()}" for _ in range(4)))
+
+
+@dataclass
+class SyntheticServer:
+    process: ManagedProcess
+    url: str
+
+
+LISTENING_PREFIX = "tokenlat-synthetic listening on "
+
+
+def start_synthetic(group: ProcessGroup, workdir: Path, args: list[str]) -> SyntheticServer:
+    """The synthetic model server in its own process, so that its timers do not share the load's event loop."""
+    log_path = workdir / "synthetic.log"
+    argv = [sys.executable, "-m", "tokenlat.synthetic", "--host", "127.0.0.1", "--port", "0", *args]
+    process = group.start("synthetic model server", argv, log_path)
+    found: list[str] = []
+
+    def listening() -> bool:
+        for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith(LISTENING_PREFIX):
+                found.append(line[len(LISTENING_PREFIX) :].strip())
+                return True
+        return False
+
+    process.wait_until(listening, START_TIMEOUT, "listening")
+    return SyntheticServer(process, found[0])
