@@ -474,9 +474,7 @@ def test_instrument_stream_dispatches_on_aiter(pipeline: tuple[TokenMetrics, InM
     assert list(sync_stream) == ["a", "b"]
 
     async def main() -> list[str]:
-        async_stream = instrument_stream(
-            aupstream(clock, [(0.25, "c")], 0.5), metrics, clock=clock, start=0.0
-        )
+        async_stream = instrument_stream(aupstream(clock, [(0.25, "c")], 0.5), metrics, clock=clock, start=0.0)
         assert isinstance(async_stream, AsyncIterator)
         assert not isinstance(async_stream, Iterator)
         return [item async for item in async_stream]

@@ -1,0 +1,40 @@
+"""Shared fixtures: the repository root, a CliRunner, and the real binaries end-to-end tests need.
+
+A missing binary is a failure, never a skip: CI installs them (.ci/run), and a test that silently skips would
+let a broken path land.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tokenlat_cli.collector import CollectorError, find_collector
+from tokenlat_cli.verify.processes import ServiceError
+from tokenlat_cli.verify.services import find_prometheus
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "tests" / "data"
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture(scope="session")
+def collector_binary() -> Path:
+    try:
+        return find_collector()
+    except CollectorError as exc:
+        pytest.fail(f"end-to-end prerequisite missing: {exc}")
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> Path:
+    try:
+        return find_prometheus()
+    except ServiceError as exc:
+        pytest.fail(f"end-to-end prerequisite missing: {exc}")

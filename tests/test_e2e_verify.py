@@ -1,0 +1,182 @@
+"""`tokenlat verify` end to end: the ocb-built Collector, a real Prometheus, the synthetic model server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import DATA
+from tokenlat import semconv
+from tokenlat_cli import collector
+from tokenlat_cli.collector import CollectorError, find_collector
+from tokenlat_cli.main import cli
+
+pytestmark = pytest.mark.e2e
+TOKENLAT = [sys.executable, "-m", "tokenlat_cli"]
+
+
+def _verify(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TOKENLAT, "verify", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def _checks(path: Path) -> dict[str, dict[str, object]]:
+    return {c["name"]: c for c in json.loads(path.read_text(encoding="utf-8"))["checks"]}
+
+
+def test_verify_local_profile_passes(collector_binary: Path, prometheus_binary: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    result = _verify(
+        ["--profile", "local", "--requests", "200", "--concurrency", "50", "--json", str(report)],
+        env={"TMPDIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for stage in ("[1/7] starting Prometheus", "[5/7] streaming 200", "200/200 requests done", "[7/7] stopping"):
+        assert stage in result.stderr
+    assert "verify PASSED" in result.stdout
+    checks = _checks(report)
+    assert all(c["passed"] for c in checks.values())
+    requests = checks["gen_ai_server_request_duration_seconds_count (requests)"]
+    assert requests["expected"] == 200 and requests["observed"] == 200
+    output = checks["gen_ai_client_token_usage_sum output tokens"]
+    assert output["expected"] == output["observed"] and output["expected"] >= 200 * 16
+    for spec in (semconv.TTFT_SPEC, semconv.TPOT_SPEC, semconv.DURATION_SPEC):
+        for q in ("p50", "p90", "p99"):
+            row = checks[f"{semconv.prometheus_name(spec)} {q}"]
+            assert isinstance(row["error"], float) and abs(row["error"]) <= row["tolerance"]
+    assert checks["no request-id or user-id labels"]["passed"]
+    assert not list(tmp_path.glob("tokenlat-verify-*")), "the temp dir must be removed without --keep"
+
+
+def test_verify_fails_when_the_pipeline_loses_information(
+    collector_binary: Path, prometheus_binary: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.json"
+    result = _verify(
+        [
+            "--profile",
+            str(DATA / "drops-token-type.yaml"),
+            "--requests",
+            "50",
+            "--concurrency",
+            "25",
+            "--deadline",
+            "5",
+            "--json",
+            str(report),
+        ]
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "verify FAILED" in result.stdout
+    checks = _checks(report)
+    assert not checks["gen_ai_client_token_usage_sum output tokens"]["passed"]
+    assert checks["gen_ai_server_request_duration_seconds_count (requests)"]["passed"]
+
+
+def test_a_service_that_dies_on_start_shows_its_log(collector_binary: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "prometheus"
+    fake.write_text("#!/bin/sh\necho 'err: listen tcp: address already in use' >&2\nexit 3\n", encoding="utf-8")
+    fake.chmod(0o755)
+    result = _verify(["--profile", "local"], env={"PROMETHEUS_BIN": str(fake), "TMPDIR": str(tmp_path)})
+    assert result.returncode == 1
+    assert "prometheus exited with code 3 before it was ready" in result.stderr
+    assert "err: listen tcp: address already in use" in result.stderr
+    assert not list(tmp_path.glob("tokenlat-verify-*"))
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.add(child)
+            stack.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_stops_every_process_and_removes_the_temp_dir(
+    collector_binary: Path, prometheus_binary: Path, tmp_path: Path
+) -> None:
+    proc = subprocess.Popen(
+        [*TOKENLAT, "verify", "--profile", "local", "--requests", "5000", "--concurrency", "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.startswith("[5/7]"):
+                break
+        started = _descendants(proc.pid)
+        assert len(started) >= 3, "Prometheus, the Collector and the synthetic server should be running"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert "interrupted; every started process was stopped" in err
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in started if _alive(pid)]
+    assert not list(tmp_path.glob("tokenlat-verify-*"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--profile", "local", "--requests", "0"], "Invalid value for '--requests': 0 is not in the range x>=1."),
+        (["--profile", "local", "--ttft", "gamma:1"], "Invalid value for '--ttft': invalid distribution 'gamma:1'"),
+        (["--profile", "local", "--output-tokens", "9-3"], "Invalid value for '--output-tokens': '9-3': need 1 <= LO"),
+        (["--profile", str(DATA / "full.yaml")], "verify cannot yet stand up backend auth, receiver TLS, a traces"),
+        (["--profile", "nosuch"], "no such built-in profile"),
+    ],
+)
+def test_bad_usage_exits_2(runner: CliRunner, args: list[str], message: str) -> None:
+    result = runner.invoke(cli, ["verify", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_missing_collector_says_how_to_build_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(collector.BINARY_ENV, raising=False)
+    monkeypatch.setattr(collector, "_SOURCE_BUILD", tmp_path / "absent")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(CollectorError, match=r"tokenlat-otelcol not found: run `make collector`"):
+        find_collector()
+    result = CliRunner().invoke(cli, ["verify", "--profile", "local"])
+    assert result.exit_code == 1
+    assert "run `make collector`" in result.output

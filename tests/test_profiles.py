@@ -1,0 +1,127 @@
+"""Profile loading and schema errors, through the CLI exactly as an operator sees them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tokenlat_cli.main import cli
+from tokenlat_cli.profiles import PROFILE_SCHEMA, builtin_names, load_profile
+
+MINIMAL = "backend:\n  endpoint: http://127.0.0.1:9090/api/v1/write\n"
+
+
+def _render(runner: CliRunner, tmp_path: Path, profile_text: str) -> tuple[int, str, Path]:
+    profile = tmp_path / "p.yaml"
+    profile.write_text(profile_text, encoding="utf-8")
+    out = tmp_path / "out.yaml"
+    result = runner.invoke(cli, ["render", "--profile", str(profile), "-o", str(out)])
+    return result.exit_code, result.output, out
+
+
+def test_unknown_profile_name_lists_the_known_ones(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["render", "--profile", "nosuch"])
+    assert result.exit_code == 2
+    assert f"Error: nosuch: no such built-in profile; known profiles: {', '.join(builtin_names())}" in result.output
+    assert "local" in builtin_names()
+
+
+def test_missing_file(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(cli, ["render", "--profile", str(tmp_path / "absent.yaml")])
+    assert result.exit_code == 2
+    assert f"Error: {tmp_path / 'absent.yaml'}: no such file" in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("backend: [1, 2\n", "line 2, column 1: invalid YAML: expected ',' or ']', but got '<stream end>'"),
+        ("- a list\n", "must be a mapping, got a list"),
+        ("backend: {}\n", "backend.endpoint: is required"),
+        (
+            MINIMAL + "  auth: {kind: oauth}\n",
+            "backend.auth.kind: must be one of basic, bearer, none, got 'oauth'",
+        ),
+        (MINIMAL + "  auth: {kind: bearer}\n", "backend.auth.token_env: is required when backend.auth.kind is bearer"),
+        (
+            MINIMAL + "  auth: {kind: none, token_env: TOKEN}\n",
+            "backend.auth.token_env: does not apply when backend.auth.kind is none",
+        ),
+        (
+            MINIMAL + "  auth: {kind: bearer, token_env: my-token}\n",
+            "backend.auth.token_env: 'my-token' is not an environment variable name like MY_TOKEN",
+        ),
+        (
+            MINIMAL + "  headers: {Authorization: Bearer abcdef0123456789}\n",
+            "backend.headers.Authorization: looks like a literal secret; reference an environment variable "
+            "instead, e.g. ${env:MY_TOKEN}",
+        ),
+        (MINIMAL + "  colour: blue\n", "backend.colour: unknown field (known here: kind, endpoint, auth"),
+        (MINIMAL + "pipeline:\n  batch: {timeout: 5}\n", "pipeline.batch.timeout: must be a string, got int"),
+        (
+            MINIMAL + "pipeline:\n  batch: {timeout: soon}\n",
+            "pipeline.batch.timeout: 'soon' is not a duration like 500ms, 5s, 1m",
+        ),
+        (
+            MINIMAL + "pipeline:\n  memory_limiter: {limit_mib: 256, spike_limit_mib: 256}\n",
+            "pipeline.memory_limiter.spike_limit_mib: must be below pipeline.memory_limiter.limit_mib (256)",
+        ),
+        (
+            MINIMAL + "metrics:\n  attributes: [gen_ai.request.model, request.id]\n",
+            "metrics.attributes[1]: 'request.id' identifies a request or a user and must not become a metric label",
+        ),
+        (
+            MINIMAL + "metrics:\n  attributes: [a, a]\n",
+            "metrics.attributes[1]: 'a' is listed twice",
+        ),
+        (
+            MINIMAL + "receiver:\n  tls: {enabled: true, cert_file: /c.pem}\n",
+            "receiver.tls.key_file: is required when receiver.tls.enabled is true",
+        ),
+        (MINIMAL + "traces: {enabled: true}\n", "traces.endpoint: is required when traces.enabled is true"),
+        (
+            MINIMAL + "traces: {sample_percentage: 150}\n",
+            "traces.sample_percentage: must be at most 100.0, got 150",
+        ),
+        (MINIMAL + "receiver:\n  grpc_endpoint: 4317\n", "receiver.grpc_endpoint: must be a string, got int"),
+    ],
+)
+def test_schema_errors_name_file_field_and_reason(runner: CliRunner, tmp_path: Path, text: str, message: str) -> None:
+    code, output, out = _render(runner, tmp_path, text)
+    assert code == 2, output
+    assert f"Error: {tmp_path / 'p.yaml'}: {message}" in output
+    assert not out.exists(), "nothing may be written for a bad profile"
+    assert list(tmp_path.iterdir()) == [tmp_path / "p.yaml"], "no temp file left behind"
+
+
+def test_defaults_fill_every_field(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(MINIMAL, encoding="utf-8")
+    data = load_profile(str(path)).data
+    for dotted, node in PROFILE_SCHEMA.walk():
+        value = data
+        for part in dotted.split("."):
+            value = value[part]
+        if not node.required and not hasattr(node, "fields"):
+            assert value == node.default, dotted
+
+
+def test_every_builtin_profile_loads() -> None:
+    for name in builtin_names():
+        profile = load_profile(name)
+        assert profile.name == name
+        assert profile.data["description"], f"{name} needs a description for `tokenlat profiles`"
+
+
+def test_profiles_command_lists_builtins(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["profiles"])
+    assert result.exit_code == 0
+    assert [line.split()[0] for line in result.output.splitlines()] == builtin_names()
+
+
+def test_schema_reference_documents_every_field() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "profiles.md").read_text(encoding="utf-8")
+    missing = [path for path, _ in PROFILE_SCHEMA.walk() if f"`{path}`" not in doc]
+    assert not missing, f"docs/profiles.md does not document: {missing}"

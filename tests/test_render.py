@@ -1,0 +1,102 @@
+"""Rendering: golden files, drift of the committed configs, and acceptance by the built Collector."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from tests.conftest import DATA, REPO
+from tokenlat_cli.collector import validate_config
+from tokenlat_cli.main import cli
+from tokenlat_cli.profiles import builtin_names, load_profile
+from tokenlat_cli.render import render_collector_config
+
+GOLDEN = REPO / "tests" / "golden"
+# Every component the distribution must carry, by the names the pinned release reports.
+REQUIRED_COMPONENTS = {
+    "receivers": {"otlp"},
+    "processors": {
+        "memory_limiter",
+        "batch",
+        "attributes",
+        "transform",
+        "filter",
+        "resource",
+        "probabilistic_sampler",
+        "tail_sampling",
+    },
+    "exporters": {"prometheus_remote_write", "otlp_grpc", "otlp_http", "debug", "load_balancing"},
+    "extensions": {"health_check", "pprof", "file_storage", "bearertokenauth"},
+}
+
+
+def test_render_matches_golden_file() -> None:
+    rendered = render_collector_config(load_profile(str(DATA / "full.yaml")))
+    assert rendered == (GOLDEN / "full.yaml").read_text(encoding="utf-8"), (
+        "render output changed: if intended, re-render tests/golden/full.yaml"
+    )
+
+
+@pytest.mark.parametrize("name", builtin_names())
+def test_committed_config_has_not_drifted(name: str) -> None:
+    committed = REPO / "collector" / "configs" / f"{name}.yaml"
+    assert committed.is_file(), f"{committed} is missing: run `make configs`"
+    assert committed.read_text(encoding="utf-8") == render_collector_config(load_profile(name)), (
+        f"{committed} differs from a fresh render of the {name} profile: run `make configs` and commit"
+    )
+
+
+def test_render_is_deterministic_and_yaml() -> None:
+    profile = load_profile("local")
+    first = render_collector_config(profile)
+    assert first == render_collector_config(profile)
+    config = yaml.safe_load(first)
+    assert config["service"]["pipelines"]["metrics"]["processors"][0] == "memory_limiter"
+    assert config["exporters"]["prometheus_remote_write"]["http"]["endpoint"] == "http://127.0.0.1:9090/api/v1/write"
+
+
+def test_secrets_are_referenced_never_written() -> None:
+    text = (GOLDEN / "full.yaml").read_text(encoding="utf-8")
+    config = yaml.safe_load(text)
+    assert config["extensions"]["bearertokenauth/backend"] == {"scheme": "Basic", "token": "${env:TOKENLAT_RW_BASIC}"}
+    assert (
+        config["exporters"]["prometheus_remote_write"]["http"]["headers"]["X-Api-Key"] == "${env:TOKENLAT_RW_API_KEY}"
+    )
+    header = text.split("\n\n", 1)[0]
+    for var in ("TOKENLAT_RW_API_KEY", "TOKENLAT_RW_BASIC", "TOKENLAT_SALT"):
+        assert f"#   {var}" in header, f"the header must list {var}"
+
+
+def test_output_file_written_and_stdout_identical(runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "local.yaml"
+    to_file = runner.invoke(cli, ["render", "--profile", "local", "-o", str(out)])
+    to_stdout = runner.invoke(cli, ["render", "--profile", "local"])
+    assert to_file.exit_code == 0 and to_stdout.exit_code == 0
+    assert out.read_text(encoding="utf-8") == to_stdout.output
+    assert sorted(p.name for p in out.parent.iterdir()) == ["local.yaml"]
+
+
+@pytest.mark.parametrize("profile", [*builtin_names(), str(DATA / "full.yaml")])
+def test_built_collector_accepts_rendered_config(collector_binary: Path, profile: str) -> None:
+    validate_config(render_collector_config(load_profile(profile)))
+
+
+def test_built_collector_rejects_a_broken_config(collector_binary: Path) -> None:
+    broken = render_collector_config(load_profile("local")).replace("keep_keys(", "keep_keyz(")
+    with pytest.raises(Exception, match="keep_keyz"):
+        validate_config(broken)
+
+
+def test_distribution_has_every_component(collector_binary: Path) -> None:
+    listed = yaml.safe_load(
+        subprocess.run([str(collector_binary), "components"], capture_output=True, text=True, check=True).stdout
+    )
+    for kind, names in REQUIRED_COMPONENTS.items():
+        present = {component["name"] for component in listed[kind]}
+        assert names <= present, f"{kind} missing: {sorted(names - present)}"
+    modules = {c["module"].split()[1] for kind in REQUIRED_COMPONENTS for c in listed[kind]}
+    assert modules == {"v0.161.0"}, f"all modules must be at one release, got {modules}"
