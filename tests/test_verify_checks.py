@@ -46,6 +46,21 @@ def test_quantile_beyond_the_last_bucket_cannot_pass() -> None:
     assert not checks.quantile_check(semconv.TTFT_SPEC, 0.5, [beyond], beyond).passed
 
 
+def test_histogram_quantile_interpolates_like_prometheus() -> None:
+    bounds = (1.0, 2.0, 4.0)
+    # 4 values: two in (0, 1], one in (1, 2], one in (2, 4]
+    values = [0.5, 0.7, 1.5, 3.0]
+    assert checks.histogram_quantile(0.5, values, bounds) == pytest.approx(1.0)  # rank 2 ends bucket 1
+    assert checks.histogram_quantile(0.25, values, bounds) == pytest.approx(0.5)  # rank 1 of 2 in (0, 1]
+    assert checks.histogram_quantile(0.625, values, bounds) == pytest.approx(1.5)  # rank 2.5 halfway in (1, 2]
+    assert checks.histogram_quantile(0.99, [9.0], bounds) == 4.0  # +Inf bucket: the last finite bound
+
+
+def test_quantile_detail_names_what_a_lossless_histogram_answers() -> None:
+    check = checks.quantile_check(semconv.TTFT_SPEC, 0.5, [0.3, 0.4], 0.375)
+    assert check.detail == "bucket (0.25, 0.5]; a lossless histogram answers 0.375"
+
+
 def test_count_check_is_exact() -> None:
     assert checks.count_check("n", 300, 300.0).passed
     assert not checks.count_check("n", 300, 299.0).passed
@@ -82,7 +97,7 @@ def test_report_table_and_json() -> None:
     report.checks.append(checks.quantile_check(semconv.TTFT_SPEC, 0.5, [200.0], 150.0))
     table = report.table()
     lines = table.splitlines()
-    assert lines[0].split() == ["check", "expected", "observed", "error", "tolerance", "result"]
+    assert lines[0].split() == ["check", "expected", "observed", "error", "tolerance", "result", "detail"]
     assert "PASS" in lines[2] and "FAIL" in lines[3] and "inf" in lines[3]
     assert lines[-1] == "verify FAILED: 1 of 2 checks passed"
     payload = json.loads(report.to_json())

@@ -45,9 +45,9 @@ class Report:
         return json.dumps(payload, indent=2, allow_nan=False) + "\n"
 
     def table(self) -> str:
-        header = ("check", "expected", "observed", "error", "tolerance", "result")
+        header = ("check", "expected", "observed", "error", "tolerance", "result", "detail")
         rows = [
-            (c.name, _cell(c.expected), _cell(c.observed), _cell(c.error), _cell(c.tolerance), _result(c))
+            (c.name, _cell(c.expected), _cell(c.observed), _cell(c.error), _cell(c.tolerance), _result(c), c.detail)
             for c in self.checks
         ]
         return _format_table(header, rows) + "\n" + self._summary()
@@ -70,7 +70,7 @@ def _json_number(value: object) -> object:
 
 
 def _result(check: Check) -> str:
-    return "PASS" if check.passed else f"FAIL {check.detail}".rstrip()
+    return "PASS" if check.passed else "FAIL"
 
 
 def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
