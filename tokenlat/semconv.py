@@ -70,9 +70,7 @@ class MetricSpec:
     buckets: tuple[float, ...]
 
 
-TTFT_SPEC = MetricSpec(
-    TIME_TO_FIRST_TOKEN, "s", "Time to generate first token for successful responses", TTFT_BUCKETS
-)
+TTFT_SPEC = MetricSpec(TIME_TO_FIRST_TOKEN, "s", "Time to generate first token for successful responses", TTFT_BUCKETS)
 TPOT_SPEC = MetricSpec(
     TIME_PER_OUTPUT_TOKEN,
     "s",
@@ -85,9 +83,7 @@ DURATION_SPEC = MetricSpec(
     "Generative AI server request duration such as time-to-last byte or last output token",
     DURATION_BUCKETS,
 )
-TOKEN_USAGE_SPEC = MetricSpec(
-    TOKEN_USAGE, "{token}", "Number of input and output tokens used", TOKEN_USAGE_BUCKETS
-)
+TOKEN_USAGE_SPEC = MetricSpec(TOKEN_USAGE, "{token}", "Number of input and output tokens used", TOKEN_USAGE_BUCKETS)
 
 HISTOGRAMS: tuple[MetricSpec, ...] = (TTFT_SPEC, TPOT_SPEC, DURATION_SPEC, TOKEN_USAGE_SPEC)
 

@@ -99,12 +99,8 @@ class TokenMetrics:
             else:
                 self._duration.record(duration, attributes)
         if timing.input_tokens is not None:
-            self._usage.record(
-                timing.input_tokens, {**attributes, semconv.GEN_AI_TOKEN_TYPE: semconv.TOKEN_TYPE_INPUT}
-            )
-        self._usage.record(
-            timing.output_tokens, {**attributes, semconv.GEN_AI_TOKEN_TYPE: semconv.TOKEN_TYPE_OUTPUT}
-        )
+            self._usage.record(timing.input_tokens, {**attributes, semconv.GEN_AI_TOKEN_TYPE: semconv.TOKEN_TYPE_INPUT})
+        self._usage.record(timing.output_tokens, {**attributes, semconv.GEN_AI_TOKEN_TYPE: semconv.TOKEN_TYPE_OUTPUT})
 
 
 def wrap_stream(

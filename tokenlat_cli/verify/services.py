@@ -10,6 +10,7 @@ from pathlib import Path
 
 import requests
 
+from tokenlat.synthetic import LISTENING_PREFIX
 from tokenlat_cli.collector import find_collector
 from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, ServiceError, free_port
 
@@ -108,7 +109,6 @@ class SyntheticServer:
     url: str
 
 
-LISTENING_PREFIX = "tokenlat-synthetic listening on "
 
 
 def start_synthetic(group: ProcessGroup, workdir: Path, args: list[str]) -> SyntheticServer:
