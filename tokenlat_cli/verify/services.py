@@ -109,8 +109,6 @@ class SyntheticServer:
     url: str
 
 
-
-
 def start_synthetic(group: ProcessGroup, workdir: Path, args: list[str]) -> SyntheticServer:
     """The synthetic model server in its own process, so that its timers do not share the load's event loop."""
     log_path = workdir / "synthetic.log"
