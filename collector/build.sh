@@ -11,7 +11,7 @@ stamp="$build/.manifest.sha256"
 gobin=$(go env GOPATH)/bin
 builder="$gobin/builder"
 
-if ! "$builder" version 2>/dev/null | grep -q "$ocb_version"; then
+if ! "$builder" version 2>&1 | grep -q "$ocb_version"; then
   echo "installing ocb $ocb_version (go install go.opentelemetry.io/collector/cmd/builder@$ocb_version)"
   GOFLAGS=-mod=mod go install "go.opentelemetry.io/collector/cmd/builder@$ocb_version"
 fi
