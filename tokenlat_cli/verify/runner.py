@@ -161,9 +161,11 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
             "through the tokenlat instrumentation"
         )
         provider = _meter_provider(collector.otlp_grpc_endpoint, settings.export_interval)
-        load = _drive(server.url, settings, TokenMetrics(provider), echo)
-        provider.force_flush()
-        provider.shutdown()
+        try:
+            load = _drive(server.url, settings, TokenMetrics(provider), echo)
+        finally:
+            # Also on Ctrl-C: the final export reaches the Collector while it is still running.
+            provider.shutdown()
         stages.end(started, f"{len(load.truths)} succeeded, {len(load.failures)} failed; metrics flushed")
 
         started = stages.begin(f"waiting for the data in Prometheus (up to {settings.deadline:.0f}s)")
