@@ -108,6 +108,10 @@ def _check_allowlist(profile: dict[str, Any], path: str) -> None:
             )
 
 
+def _env_name(doc: str, default: str = "") -> Str:
+    return Str(doc=doc, pattern=ENV_NAME, pattern_hint="an environment variable name like MY_TOKEN", default=default)
+
+
 _duration = {"pattern": DURATION, "pattern_hint": "a duration like 500ms, 5s, 1m"}
 _host_port = {"pattern": HOST_PORT, "pattern_hint": "host:port"}
 _file = Str(doc="Path to a PEM file as seen by the Collector.", default="")
@@ -133,18 +137,8 @@ PROFILE_SCHEMA = Obj(
                     doc="Credentials, always by environment variable name; never literal.",
                     fields={
                         "kind": Enum(doc="Auth scheme.", choices=("none", "basic", "bearer"), default="none"),
-                        "credentials_env": Str(
-                            doc="basic: variable holding base64(username:password).",
-                            pattern=ENV_NAME,
-                            pattern_hint="an environment variable name like MY_TOKEN",
-                            default="",
-                        ),
-                        "token_env": Str(
-                            doc="bearer: variable holding the token.",
-                            pattern=ENV_NAME,
-                            pattern_hint="an environment variable name like MY_TOKEN",
-                            default="",
-                        ),
+                        "credentials_env": _env_name("basic: variable holding base64(username:password)."),
+                        "token_env": _env_name("bearer: variable holding the token."),
                     },
                     check=_check_auth,
                 ),
@@ -217,12 +211,7 @@ PROFILE_SCHEMA = Obj(
                 "user_id_attributes": List(
                     doc="Span attributes holding user ids.", item=Str(), default=["user.id", "enduser.id"]
                 ),
-                "salt_env": Str(
-                    doc="Environment variable holding the hashing salt.",
-                    pattern=ENV_NAME,
-                    pattern_hint="an environment variable name",
-                    default="TOKENLAT_USER_ID_SALT",
-                ),
+                "salt_env": _env_name("Environment variable holding the hashing salt.", "TOKENLAT_USER_ID_SALT"),
             },
         ),
         "traces": Obj(
