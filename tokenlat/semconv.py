@@ -27,6 +27,33 @@ GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
 GEN_AI_TOKEN_TYPE = "gen_ai.token.type"
 ERROR_TYPE = "error.type"
 
+# The deployment's own low-cardinality keys (tokenlat extensions, not in the conventions): set per process
+# (configure) or per request. Each has a handful of values in any deployment.
+GPU_TYPE = "tokenlat.gpu.type"
+QUANTIZATION = "tokenlat.quantization"
+SCENE = "tokenlat.scene"
+LORA_ADAPTER = "tokenlat.lora.adapter"
+LORA_BASE_MODEL = "tokenlat.lora.base_model"
+USER_TIER = "tokenlat.user.tier"
+
+DEPLOYMENT_ATTRIBUTES: tuple[str, ...] = (GPU_TYPE, QUANTIZATION, SCENE, LORA_ADAPTER, LORA_BASE_MODEL, USER_TIER)
+
+# Everything that may become a metric attribute (and so a Prometheus label): the library's allowlist and
+# the default allowlist of the Collector profiles. Never an id of a request or a person.
+METRIC_ATTRIBUTES: tuple[str, ...] = (
+    GEN_AI_OPERATION_NAME,
+    GEN_AI_PROVIDER_NAME,
+    GEN_AI_REQUEST_MODEL,
+    GEN_AI_RESPONSE_MODEL,
+    GEN_AI_TOKEN_TYPE,
+    ERROR_TYPE,
+    *DEPLOYMENT_ATTRIBUTES,
+)
+
+# Span-only attributes: they identify a request or a person.
+USER_ID_HASH = "tokenlat.user.id_hash"
+REQUEST_ID = "gen_ai.request.id"
+
 # Values of gen_ai.token.type.
 TOKEN_TYPE_INPUT = "input"
 TOKEN_TYPE_OUTPUT = "output"

@@ -37,14 +37,7 @@ _SECRET_HEADER = re.compile(r"authorization|token|secret|key|password|cookie", r
 HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
 URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 
-DEFAULT_METRIC_ATTRIBUTES = [
-    semconv.GEN_AI_OPERATION_NAME,
-    semconv.GEN_AI_PROVIDER_NAME,
-    semconv.GEN_AI_REQUEST_MODEL,
-    semconv.GEN_AI_RESPONSE_MODEL,
-    semconv.GEN_AI_TOKEN_TYPE,
-    semconv.ERROR_TYPE,
-]
+DEFAULT_METRIC_ATTRIBUTES = list(semconv.METRIC_ATTRIBUTES)
 
 
 class ProfileError(Exception):
