@@ -1,5 +1,27 @@
-"""tokenlat: token-level latency (TTFT, TPOT, duration, token usage) of LLM streams via OpenTelemetry."""
+"""tokenlat: token-level latency of LLM inference (TTFT, TPOT, inter-token latency, usage) with OpenTelemetry.
 
-from tokenlat.stream import TokenMetrics, instrument_stream, wrap_async_stream, wrap_stream
+Three lines in a service:
 
-__all__ = ["TokenMetrics", "instrument_stream", "wrap_async_stream", "wrap_stream"]
+    telemetry = tokenlat.configure()
+    async for chunk in tokenlat.instrument_stream(engine_stream, telemetry.metrics, attributes={...}): ...
+    # or: with telemetry.metrics.request(attributes) as rec: ... rec.tokens(n) ...
+"""
+
+from tokenlat.configure import ConfigurationError, Telemetry, configure
+from tokenlat.itl import TokenlatMetricExporter
+from tokenlat.recorder import RequestRecorder, RequestTiming, TokenMetrics
+from tokenlat.stream import instrument, instrument_stream, wrap_async_stream, wrap_stream
+
+__all__ = [
+    "ConfigurationError",
+    "RequestRecorder",
+    "RequestTiming",
+    "Telemetry",
+    "TokenMetrics",
+    "TokenlatMetricExporter",
+    "configure",
+    "instrument",
+    "instrument_stream",
+    "wrap_async_stream",
+    "wrap_stream",
+]

@@ -17,6 +17,10 @@ TIME_TO_FIRST_TOKEN = "gen_ai.server.time_to_first_token"
 TIME_PER_OUTPUT_TOKEN = "gen_ai.server.time_per_output_token"
 REQUEST_DURATION = "gen_ai.server.request.duration"
 TOKEN_USAGE = "gen_ai.client.token.usage"
+# Extension: the conventions have only a proposal (semantic-conventions-genai PR 164) for the full per-token
+# distribution. tokenlat uses the proposed name, records every gap between consecutive output tokens (a chunk
+# of n tokens counts n times at gap/n, as SGLang does) and documents it in docs/metrics.md.
+INTER_TOKEN_LATENCY = "gen_ai.server.inter_token_latency"
 
 # --- attribute keys -----------------------------------------------------------------------
 
@@ -52,7 +56,7 @@ METRIC_ATTRIBUTES: tuple[str, ...] = (
 
 # Span-only attributes: they identify a request or a person.
 USER_ID_HASH = "tokenlat.user.id_hash"
-REQUEST_ID = "gen_ai.request.id"
+REQUEST_ID = "tokenlat.request.id"
 
 # Values of gen_ai.token.type.
 TOKEN_TYPE_INPUT = "input"
@@ -79,6 +83,13 @@ DURATION_BUCKETS: tuple[float, ...] = (
     # Extension: long generations (thousands of output tokens, reasoning models) routinely
     # run past 82 s; three more doublings keep them out of +Inf up to ~11 minutes.
     163.84, 327.68, 655.36,
+)  # fmt: skip
+
+ITL_BUCKETS: tuple[float, ...] = (
+    # Decode steps run from ~2 ms (small models, speculative decoding) to seconds under preemption; finer than
+    # TPOT at the low end, where ITL regressions show first.
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 
 TOKEN_USAGE_BUCKETS: tuple[float, ...] = tuple(float(4**i) for i in range(14))  # 1, 4, 16 .. 67108864
@@ -112,7 +123,17 @@ DURATION_SPEC = MetricSpec(
 )
 TOKEN_USAGE_SPEC = MetricSpec(TOKEN_USAGE, "{token}", "Number of input and output tokens used", TOKEN_USAGE_BUCKETS)
 
+ITL_SPEC = MetricSpec(
+    INTER_TOKEN_LATENCY,
+    "s",
+    "Time between consecutive output tokens, one observation per token after the first",
+    ITL_BUCKETS,
+)
+
+# Recorded through the SDK's instruments, once per request.
 HISTOGRAMS: tuple[MetricSpec, ...] = (TTFT_SPEC, TPOT_SPEC, DURATION_SPEC, TOKEN_USAGE_SPEC)
+# Every metric tokenlat exports: the SDK histograms and the pre-aggregated inter-token distribution.
+ALL_METRICS: tuple[MetricSpec, ...] = (*HISTOGRAMS, ITL_SPEC)
 
 # Units the Collector's Prometheus translation turns into a name suffix. Only "s" is used by
 # the contract; annotation units like "{token}" are dropped and add no suffix.

@@ -1,0 +1,116 @@
+"""The metric attribute allowlist, enforced in the library rather than hoped for downstream.
+
+Every metric attribute becomes a Prometheus label, and every distinct label value a new time
+series. One request id or user id as a label turns four histograms into millions of series
+(the classic cardinality explosion) and copies personal data into a store that keeps it for
+months with no way to delete one person. So only keys from :data:`semconv.METRIC_ATTRIBUTES`
+(or an explicit, reviewed allowlist) reach a metric; everything else is dropped here, counted,
+and reported once. Ids belong on the span: pass them as ``user_id=`` (hashed, see
+:mod:`tokenlat.privacy`) or ``request_id=``.
+
+Only attribute *keys* are ever logged. Values may be personal data (a phone number passed as
+``user.phone``), so they never reach a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterable, Mapping
+
+from opentelemetry.util.types import AttributeValue
+
+from tokenlat import semconv
+
+# Keys that name an identifier of a request or a person: "user.id", "enduser.id",
+# "gen_ai.request.id", "session_id", "userId", "tokenlat.user.id_hash" ... A hashed id is
+# still an id: as unbounded as the original, and still personal information.
+ID_LIKE_KEY = re.compile(
+    r"(^|[._])(request|req|response|trace|span|session|conversation|thread|message|user|enduser|account|customer)"
+    r"[._]?id(_hash)?$",
+    re.IGNORECASE,
+)
+
+
+def is_id_like(key: str) -> bool:
+    """True if ``key`` looks like the id of a request or a person (and so must never be a label)."""
+    return ID_LIKE_KEY.search(key) is not None
+
+
+class AttributePolicy:
+    """Keeps the allowed metric attributes, drops and counts the rest, warns once per dropped key.
+
+    Thread-safe. The common path -- nothing dropped -- is one dict comprehension and takes no
+    lock; the lock guards only the drop counters and the warn-once set.
+    """
+
+    def __init__(
+        self,
+        allowed: Iterable[str] = semconv.METRIC_ATTRIBUTES,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if isinstance(allowed, str):
+            # A lone string would silently become an allowlist of its characters.
+            raise TypeError("allowed must be an iterable of attribute keys, not a single str")
+        keys = frozenset(allowed)
+        id_like = sorted(key for key in keys if is_id_like(key))
+        if id_like:
+            raise ValueError(
+                f"metric attribute allowlist contains id-like keys {id_like}: ids of requests or people must never"
+                " become metric labels (unbounded cardinality, personal data); pass them as user_id=/request_id="
+                " so they go on the span instead"
+            )
+        self._allowed = keys
+        self._logger = logger if logger is not None else logging.getLogger("tokenlat")
+        self._lock = threading.Lock()
+        self._dropped: dict[str, int] = {}
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        """The keys that may become metric attributes."""
+        return self._allowed
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """A snapshot copy of key -> number of times it was dropped."""
+        with self._lock:
+            return dict(self._dropped)
+
+    def filter(self, attributes: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
+        """Return only the allowed attributes; count (and, the first time, log) every dropped key."""
+        allowed = self._allowed
+        kept = {key: value for key, value in attributes.items() if key in allowed}
+        if len(kept) != len(attributes):
+            self._record_drops([key for key in attributes if key not in allowed])
+        return kept
+
+    def _record_drops(self, keys: list[str]) -> None:
+        first_seen: list[str] = []
+        with self._lock:
+            for key in keys:
+                count = self._dropped.get(key, 0)
+                if count == 0:
+                    first_seen.append(key)
+                self._dropped[key] = count + 1
+        # Log outside the lock: a slow handler must not stall other requests' filtering.
+        for key in first_seen:
+            self._warn(key)
+
+    def _warn(self, key: str) -> None:
+        if is_id_like(key):
+            advice = (
+                "it looks like an identifier: pass it as user_id= or request_id= instead, so it is put on the"
+                " span (user ids hashed) and never becomes a metric label"
+            )
+        else:
+            advice = (
+                "to keep it, add it to the allowlist (AttributePolicy(allowed=...) and the Collector profile),"
+                " but only if it has a small, bounded set of values"
+            )
+        # Only the key: values may be personal data and are never logged.
+        self._logger.warning(
+            "tokenlat dropped metric attribute %r (not in the allowlist; further drops are counted, not logged): %s",
+            key,
+            advice,
+        )

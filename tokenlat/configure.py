@@ -1,0 +1,187 @@
+"""Setup in one call: MeterProvider (and TracerProvider) with the right views, OTLP exporters and temporality.
+
+    telemetry = tokenlat.configure(attributes={"tokenlat.gpu.type": "H100"})
+    metrics = telemetry.metrics   # a TokenMetrics; use it for every request
+    ...
+    telemetry.shutdown()          # flushes the last export
+
+Configuration follows OpenTelemetry's environment variables, which the OTLP exporters and the SDK read
+themselves (OTEL_EXPORTER_OTLP_ENDPOINT, _PROTOCOL, _HEADERS, _CERTIFICATE, _CLIENT_CERTIFICATE, _CLIENT_KEY,
+_INSECURE, OTEL_METRIC_EXPORT_INTERVAL, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES), plus tokenlat's own:
+
+    TOKENLAT_ATTRIBUTES     process-wide metric attributes, "tokenlat.gpu.type=H100,tokenlat.quantization=fp8"
+    TOKENLAT_SPANS          "true": one span per request (exemplars then carry its trace id)
+    TOKENLAT_HISTOGRAM      "explicit" (default) or "exponential" (Prometheus native histograms)
+    TOKENLAT_USER_ID_KEY    key of the keyed hash of user ids (unset: user ids are dropped)
+    TOKENLAT_USER_ID_HASH   "sha256" (default) or "sm3"
+
+Arguments win over the environment. It coexists with an application's own OpenTelemetry setup: it builds its
+own providers and leaves the global ones alone unless ``set_global=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from opentelemetry import metrics as otel_metrics
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExporter, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.util.types import AttributeValue
+
+from tokenlat import semconv
+from tokenlat.itl import TokenlatMetricExporter
+from tokenlat.privacy import UserIdHasher
+from tokenlat.recorder import TokenMetrics
+
+PROTOCOLS = ("grpc", "http/protobuf")
+HISTOGRAMS = ("explicit", "exponential")
+
+
+class ConfigurationError(ValueError):
+    """A setting that cannot work: names the argument or environment variable and the reason."""
+
+
+@dataclass
+class Telemetry:
+    """What configure() built; ``metrics`` records requests, ``shutdown`` flushes and stops the exporters."""
+
+    metrics: TokenMetrics
+    meter_provider: MeterProvider
+    tracer_provider: TracerProvider | None
+
+    def shutdown(self) -> None:
+        self.meter_provider.shutdown()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()
+
+
+def _env(name: str, environ: Mapping[str, str]) -> str | None:
+    value = environ.get(name, "").strip()
+    return value or None
+
+
+def _choice(value: str | None, name: str, choices: tuple[str, ...], default: str) -> str:
+    value = (value or default).lower()
+    if value not in choices:
+        raise ConfigurationError(f"{name}: must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _bool(value: str | None, name: str) -> bool:
+    if value is None:
+        return False
+    lowered = value.lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigurationError(f"{name}: must be true or false, got {value!r}")
+    return lowered in ("true", "1", "yes")
+
+
+def parse_attributes(text: str, name: str = "TOKENLAT_ATTRIBUTES") -> dict[str, AttributeValue]:
+    """``k=v,k=v`` (OTEL_RESOURCE_ATTRIBUTES' format) into a dict."""
+    attributes: dict[str, AttributeValue] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigurationError(f"{name}: {item!r} is not key=value")
+        attributes[key.strip()] = value.strip()
+    return attributes
+
+
+def _signal_endpoint(protocol: str, endpoint: str | None, signal: str) -> str | None:
+    """``endpoint`` is the base address, as OTEL_EXPORTER_OTLP_ENDPOINT is: OTLP/HTTP adds the signal's path."""
+    if endpoint is None or protocol == "grpc":
+        return endpoint
+    return endpoint.rstrip("/") + f"/v1/{signal}"
+
+
+def _metric_exporter(protocol: str, endpoint: str | None) -> MetricExporter:
+    # Cumulative temporality: Prometheus remote write drops delta histograms.
+    temporality = {Histogram: AggregationTemporality.CUMULATIVE}
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
+
+        return GrpcExporter(endpoint=endpoint, preferred_temporality=temporality)
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
+
+    return HttpExporter(endpoint=_signal_endpoint(protocol, endpoint, "metrics"), preferred_temporality=temporality)
+
+
+def _span_exporter(protocol: str, endpoint: str | None) -> SpanExporter:
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter(endpoint=endpoint)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    return HttpExporter(endpoint=_signal_endpoint(protocol, endpoint, "traces"))
+
+
+def configure(
+    *,
+    endpoint: str | None = None,
+    protocol: str | None = None,
+    attributes: Mapping[str, AttributeValue] | None = None,
+    spans: bool | None = None,
+    histogram: str | None = None,
+    resource_attributes: Mapping[str, AttributeValue] | None = None,
+    export_interval_millis: float | None = None,
+    metric_exporter: MetricExporter | None = None,
+    span_exporter: SpanExporter | None = None,
+    set_global: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> Telemetry:
+    """Build the providers and a TokenMetrics. ``metric_exporter``/``span_exporter`` replace the OTLP ones."""
+    env = os.environ if environ is None else environ
+    protocol = _choice(
+        protocol or _env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", env) or _env("OTEL_EXPORTER_OTLP_PROTOCOL", env),
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        PROTOCOLS,
+        "grpc",
+    )
+    histogram = _choice(histogram or _env("TOKENLAT_HISTOGRAM", env), "TOKENLAT_HISTOGRAM", HISTOGRAMS, "explicit")
+    want_spans = spans if spans is not None else _bool(_env("TOKENLAT_SPANS", env), "TOKENLAT_SPANS")
+    process_attributes = {**parse_attributes(_env("TOKENLAT_ATTRIBUTES", env) or ""), **(attributes or {})}
+    try:
+        hasher = UserIdHasher.from_env(env)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+    resource = Resource.create(dict(resource_attributes or {}))
+    exporter = TokenlatMetricExporter(metric_exporter or _metric_exporter(protocol, endpoint))
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=export_interval_millis)
+    exponential = histogram == "exponential"
+    views = (
+        [
+            View(instrument_name=spec.name, aggregation=ExponentialBucketHistogramAggregation())
+            for spec in semconv.HISTOGRAMS
+        ]
+        if exponential
+        else []
+    )
+    meter_provider = MeterProvider(metric_readers=[reader], resource=resource, views=views)
+
+    tracer_provider: TracerProvider | None = None
+    if want_spans:
+        tracer_provider = TracerProvider(resource=resource)
+        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter or _span_exporter(protocol, endpoint)))
+    if set_global:
+        otel_metrics.set_meter_provider(meter_provider)
+        if tracer_provider is not None:
+            trace.set_tracer_provider(tracer_provider)
+
+    token_metrics = TokenMetrics(
+        meter_provider,
+        tracer_provider=tracer_provider,
+        spans=want_spans,
+        attributes=process_attributes,
+        user_id_hasher=hasher,
+        exponential=exponential,
+    )
+    return Telemetry(token_metrics, meter_provider, tracer_provider)
