@@ -28,6 +28,8 @@ class LoadResult:
 
     truths: list[RequestTiming] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    #: Every gap between consecutive output tokens, per token (the synthetic server sends one token a chunk).
+    gaps: list[float] = field(default_factory=list)
 
     @property
     def output_tokens(self) -> int:
@@ -60,6 +62,7 @@ async def _one_request(
     rng: random.Random,
     metrics: TokenMetrics,
     attributes: Mapping[str, str],
+    gaps: list[float],
 ) -> RequestTiming:
     prompt, words = _prompt(rng)
     body = {
@@ -81,10 +84,17 @@ async def _one_request(
             count_tokens=openai_chunk_tokens,
             start=truth.start,
         )
+        last: float | None = None
         async for event in stream:
             tokens = openai_chunk_tokens(event)
-            if tokens and truth.first_token is None:
-                truth.first_token = time.perf_counter()
+            if not tokens:
+                continue
+            now = time.perf_counter()
+            if last is None:
+                truth.first_token = now
+            else:
+                gaps.extend([(now - last) / tokens] * tokens)
+            last = now
             truth.output_tokens += tokens
         truth.end = time.perf_counter()
     # The server's own count must agree with what the client counted, or the truth itself is wrong.
@@ -121,7 +131,9 @@ async def run_load(
                 return
             rng = random.Random(seed * 1_000_003 + index)
             try:
-                result.truths.append(await _one_request(session, url, model, rng, metrics, attributes))
+                request_gaps: list[float] = []
+                result.truths.append(await _one_request(session, url, model, rng, metrics, attributes, request_gaps))
+                result.gaps.extend(request_gaps)
             except (aiohttp.ClientError, RuntimeError, ValueError, asyncio.TimeoutError) as exc:
                 result.failures.append(f"request {index}: {type(exc).__name__}: {exc}")
             done += 1

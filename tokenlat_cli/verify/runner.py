@@ -14,13 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import requests
-from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-from opentelemetry.sdk.metrics import Histogram, MeterProvider
-from opentelemetry.sdk.metrics.export import AggregationTemporality, PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import Resource
 
 from tokenlat import semconv
-from tokenlat.stream import TokenMetrics
+from tokenlat.configure import Telemetry, configure
+from tokenlat.recorder import TokenMetrics
 from tokenlat.synthetic import DEFAULT_MODEL
 from tokenlat_cli.collector import validate_config
 from tokenlat_cli.profiles import Profile
@@ -89,16 +86,15 @@ def local_profile(profile: Profile, prometheus: Prometheus, endpoints: Collector
     return Profile(profile.name, profile.source, data)
 
 
-def _meter_provider(otlp_endpoint: str, interval: float) -> MeterProvider:
-    # Cumulative temporality: the remote-write exporter drops delta histograms.
-    exporter = OTLPMetricExporter(
-        endpoint=otlp_endpoint,
-        insecure=True,
-        preferred_temporality={Histogram: AggregationTemporality.CUMULATIVE},
+def _telemetry(otlp_endpoint: str, interval: float) -> Telemetry:
+    """The library's own setup, as a service would call it; nothing from this process's environment leaks in."""
+    return configure(
+        endpoint=f"http://{otlp_endpoint}",
+        protocol="grpc",
+        resource_attributes={"service.name": "tokenlat-verify"},
+        export_interval_millis=interval * 1000,
+        environ={},
     )
-    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=interval * 1000)
-    resource = Resource.create({"service.name": "tokenlat-verify"})
-    return MeterProvider(metric_readers=[reader], resource=resource)
 
 
 def _exporter_failures(telemetry_url: str) -> float:
@@ -160,12 +156,12 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
             f"streaming {settings.requests} chat completions, {settings.concurrency} at a time, "
             "through the tokenlat instrumentation"
         )
-        provider = _meter_provider(collector.otlp_grpc_endpoint, settings.export_interval)
+        telemetry = _telemetry(collector.otlp_grpc_endpoint, settings.export_interval)
         try:
-            load = _drive(server.url, settings, TokenMetrics(provider), echo)
+            load = _drive(server.url, settings, telemetry.metrics, echo)
         finally:
             # Also on Ctrl-C: the final export reaches the Collector while it is still running.
-            provider.shutdown()
+            telemetry.shutdown()
         stages.end(started, f"{len(load.truths)} succeeded, {len(load.failures)} failed; metrics flushed")
 
         started = stages.begin(f"waiting for the data in Prometheus (up to {settings.deadline:.0f}s)")
@@ -221,8 +217,13 @@ def _compare(report: Report, load: LoadResult, settings: VerifySettings, client:
         observed = checks.wait_for_value(lambda expr=expr: client.scalar(expr), expected, 5.0)
         report.checks.append(checks.count_check(f"{usage}_sum {kind} tokens", expected, observed))
 
+    itl = semconv.prometheus_name(semconv.ITL_SPEC)
+    itl_count = checks.wait_for_value(lambda: client.scalar(f"sum({itl}_count)"), len(load.gaps), 5.0)
+    report.checks.append(checks.count_check(f"{itl}_count (every token after the first)", len(load.gaps), itl_count))
+
     truths = checks.truth_series(load.truths)
-    for spec in (semconv.TTFT_SPEC, semconv.TPOT_SPEC, semconv.DURATION_SPEC):
+    truths[semconv.INTER_TOKEN_LATENCY] = load.gaps
+    for spec in (semconv.TTFT_SPEC, semconv.TPOT_SPEC, semconv.DURATION_SPEC, semconv.ITL_SPEC):
         for q in checks.QUANTILES:
             observed_q = client.scalar(checks.quantile_query(spec, q))
             report.checks.append(checks.quantile_check(spec, q, truths[spec.name], observed_q))
