@@ -56,7 +56,9 @@ def test_verify_local_profile_passes(collector_binary: Path, prometheus_binary: 
     assert requests["expected"] == 200 and requests["observed"] == 200
     output = checks["gen_ai_client_token_usage_sum output tokens"]
     assert output["expected"] == output["observed"] and output["expected"] >= 200 * 16
-    for spec in (semconv.TTFT_SPEC, semconv.TPOT_SPEC, semconv.DURATION_SPEC):
+    itl = checks["gen_ai_server_inter_token_latency_seconds_count (every token after the first)"]
+    assert itl["observed"] == itl["expected"] == output["expected"] - 200
+    for spec in (semconv.TTFT_SPEC, semconv.TPOT_SPEC, semconv.DURATION_SPEC, semconv.ITL_SPEC):
         for q in ("p50", "p90", "p99"):
             row = checks[f"{semconv.prometheus_name(spec)} {q}"]
             assert isinstance(row["error"], float) and abs(row["error"]) <= row["tolerance"]

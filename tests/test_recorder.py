@@ -14,22 +14,18 @@ from opentelemetry.sdk.metrics.export import (
     HistogramDataPoint,
     InMemoryMetricReader,
     Metric,
-    MetricExporter,
-    MetricExportResult,
-    MetricsData,
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.otel_helpers import MODEL, CapturingExporter
 from tokenlat import semconv
 from tokenlat.itl import EXPONENTIAL_SCALE, ZERO, TokenlatMetricExporter, explicit_index, exponential_index
 from tokenlat.privacy import UserIdHasher
 from tokenlat.recorder import CANCELLED, TokenMetrics
 from tokenlat.stream import instrument
-
-MODEL = {semconv.GEN_AI_REQUEST_MODEL: "m-1", semconv.GEN_AI_OPERATION_NAME: "chat"}
 
 
 class FakeClock:
@@ -38,28 +34,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class CapturingExporter(MetricExporter):
-    """Keeps what it is given; stands in for the OTLP exporter behind TokenlatMetricExporter."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.exports: list[MetricsData] = []
-
-    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: object) -> MetricExportResult:
-        self.exports.append(metrics_data)
-        return MetricExportResult.SUCCESS
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return True
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: object) -> None:
-        pass
-
-    def metrics(self) -> dict[str, Metric]:
-        last = self.exports[-1]
-        return {m.name: m for rm in last.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
 
 
 class Pipeline:

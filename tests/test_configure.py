@@ -1,0 +1,120 @@
+"""tokenlat.configure: settings from arguments and OpenTelemetry-style environment variables."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry import metrics as otel_metrics
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
+from opentelemetry.sdk.metrics.export import ExponentialHistogramDataPoint, HistogramDataPoint
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.otel_helpers import MODEL, CapturingExporter
+from tokenlat import semconv
+from tokenlat.configure import ConfigurationError, configure, parse_attributes
+from tokenlat.itl import TokenlatMetricExporter
+
+
+def _inner_exporter(telemetry: object) -> object:
+    (reader,) = telemetry.meter_provider._metric_readers  # type: ignore[attr-defined]
+    exporter = reader._exporter
+    assert isinstance(exporter, TokenlatMetricExporter)
+    return exporter.inner
+
+
+def test_defaults_build_a_grpc_exporter_and_no_spans() -> None:
+    telemetry = configure(environ={})
+    try:
+        assert isinstance(_inner_exporter(telemetry), GrpcMetricExporter)
+        assert telemetry.tracer_provider is None and telemetry.metrics.tracer is None
+        assert telemetry.metrics.hasher is None
+    finally:
+        telemetry.shutdown()
+
+
+def test_environment_selects_http_spans_attributes_and_hashing() -> None:
+    environ = {
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "TOKENLAT_SPANS": "true",
+        "TOKENLAT_ATTRIBUTES": "tokenlat.gpu.type=H100, tokenlat.quantization=fp8",
+        "TOKENLAT_USER_ID_KEY": "secret-key",
+        "TOKENLAT_USER_ID_HASH": "sm3",
+    }
+    telemetry = configure(environ=environ, endpoint="http://127.0.0.1:4318")
+    try:
+        inner = _inner_exporter(telemetry)
+        assert isinstance(inner, HttpMetricExporter)
+        assert inner._endpoint == "http://127.0.0.1:4318/v1/metrics"  # type: ignore[attr-defined]
+        assert telemetry.tracer_provider is not None
+        assert telemetry.metrics.attributes == {semconv.GPU_TYPE: "H100", semconv.QUANTIZATION: "fp8"}
+        assert telemetry.metrics.hasher is not None and telemetry.metrics.hasher.algorithm == "sm3"
+    finally:
+        telemetry.shutdown()
+
+
+def test_arguments_win_over_the_environment() -> None:
+    telemetry = configure(
+        environ={"TOKENLAT_SPANS": "true", "TOKENLAT_ATTRIBUTES": "tokenlat.scene=chat"},
+        spans=False,
+        attributes={semconv.SCENE: "code"},
+        protocol="grpc",
+    )
+    try:
+        assert telemetry.tracer_provider is None
+        assert telemetry.metrics.attributes == {semconv.SCENE: "code"}
+    finally:
+        telemetry.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"}, "OTEL_EXPORTER_OTLP_PROTOCOL: must be one of grpc, http/protobuf"),
+        ({"TOKENLAT_HISTOGRAM": "linear"}, "TOKENLAT_HISTOGRAM: must be one of explicit, exponential, got 'linear'"),
+        ({"TOKENLAT_SPANS": "maybe"}, "TOKENLAT_SPANS: must be true or false, got 'maybe'"),
+        ({"TOKENLAT_ATTRIBUTES": "a=1,b"}, "TOKENLAT_ATTRIBUTES: 'b' is not key=value"),
+        ({"TOKENLAT_USER_ID_KEY": "k", "TOKENLAT_USER_ID_HASH": "md5"}, "TOKENLAT_USER_ID_HASH: must be one of"),
+    ],
+)
+def test_bad_settings_name_the_variable(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message.replace("(", r"\(")):
+        configure(environ=environ)
+
+
+def test_parse_attributes() -> None:
+    assert parse_attributes(" a=1 ,b = x=y,, ") == {"a": "1", "b": "x=y"}
+
+
+def test_globals_are_left_alone_unless_asked() -> None:
+    before = otel_metrics.get_meter_provider()
+    telemetry = configure(environ={}, metric_exporter=CapturingExporter())
+    try:
+        assert otel_metrics.get_meter_provider() is before
+    finally:
+        telemetry.shutdown()
+
+
+def _export(histogram: str) -> dict[str, object]:
+    capture = CapturingExporter()
+    telemetry = configure(
+        environ={}, histogram=histogram, metric_exporter=capture, span_exporter=InMemorySpanExporter(), spans=True
+    )
+    rec = telemetry.metrics.request(MODEL)
+    rec.tokens()
+    rec.tokens()
+    rec.finish()
+    telemetry.meter_provider.force_flush()
+    telemetry.shutdown()
+    return {name: metric.data.data_points[0] for name, metric in capture.metrics().items()}
+
+
+def test_explicit_histograms_by_default() -> None:
+    points = _export("explicit")
+    assert set(points) == {spec.name for spec in semconv.ALL_METRICS}
+    assert all(isinstance(p, HistogramDataPoint) for p in points.values())
+
+
+def test_exponential_histograms_for_native_prometheus_histograms() -> None:
+    points = _export("exponential")
+    assert set(points) == {spec.name for spec in semconv.ALL_METRICS}
+    assert all(isinstance(p, ExponentialHistogramDataPoint) for p in points.values())
