@@ -52,11 +52,11 @@ def test_verify_local_profile_passes(collector_binary: Path, prometheus_binary: 
     assert "verify PASSED" in result.stdout
     checks = _checks(report)
     assert all(c["passed"] for c in checks.values())
-    requests = checks["gen_ai_server_request_duration_seconds_count (requests)"]
+    requests = checks["gen_ai_server_request_duration_seconds count (requests)"]
     assert requests["expected"] == 200 and requests["observed"] == 200
-    output = checks["gen_ai_client_token_usage_sum output tokens"]
+    output = checks["gen_ai_client_token_usage sum (output tokens)"]
     assert output["expected"] == output["observed"] and output["expected"] >= 200 * 16
-    itl = checks["gen_ai_server_inter_token_latency_seconds_count (every token after the first)"]
+    itl = checks["gen_ai_server_inter_token_latency_seconds count (every token after the first)"]
     assert itl["observed"] == itl["expected"] == output["expected"] - 200
     for spec in (semconv.TTFT_SPEC, semconv.TPOT_SPEC, semconv.DURATION_SPEC, semconv.ITL_SPEC):
         for q in ("p50", "p90", "p99"):
@@ -64,6 +64,25 @@ def test_verify_local_profile_passes(collector_binary: Path, prometheus_binary: 
             assert isinstance(row["error"], float) and abs(row["error"]) <= row["tolerance"]
     assert checks["no request-id or user-id labels"]["passed"]
     assert not list(tmp_path.glob("tokenlat-verify-*")), "the temp dir must be removed without --keep"
+
+
+def test_verify_native_histograms_within_a_percent(
+    collector_binary: Path, prometheus_binary: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.json"
+    result = _verify(
+        ["--profile", "local", "--histogram", "exponential", "--requests", "150", "--concurrency", "50",
+         "--json", str(report)]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    checks = _checks(report)
+    assert all(c["passed"] for c in checks.values())
+    for spec in (semconv.TTFT_SPEC, semconv.TPOT_SPEC, semconv.DURATION_SPEC, semconv.ITL_SPEC):
+        for q in ("p50", "p90", "p99"):
+            row = checks[f"{semconv.prometheus_name(spec)} {q}"]
+            assert "exponential bucket" in row["detail"]
+            # Native histograms at scale >= 3 place a quantile within one bucket: under 9% relative width.
+            assert abs(row["error"]) <= 0.09 * row["expected"], row
 
 
 def test_verify_fails_when_the_pipeline_loses_information(
@@ -87,8 +106,8 @@ def test_verify_fails_when_the_pipeline_loses_information(
     assert result.returncode == 1, result.stdout + result.stderr
     assert "verify FAILED" in result.stdout
     checks = _checks(report)
-    assert not checks["gen_ai_client_token_usage_sum output tokens"]["passed"]
-    assert checks["gen_ai_server_request_duration_seconds_count (requests)"]["passed"]
+    assert not checks["gen_ai_client_token_usage sum (output tokens)"]["passed"]
+    assert checks["gen_ai_server_request_duration_seconds count (requests)"]["passed"]
 
 
 def test_a_service_that_dies_on_start_shows_its_log(collector_binary: Path, tmp_path: Path) -> None:

@@ -108,3 +108,25 @@ def test_report_table_and_json() -> None:
 
 def test_empty_report_does_not_pass() -> None:
     assert not Report(profile="local", settings={}).passed
+
+
+def test_queries_for_classic_and_native_histograms() -> None:
+    classic, native = checks.Queries(native=False), checks.Queries(native=True)
+    ttft = semconv.TTFT_SPEC
+    assert classic.count(ttft) == "sum(gen_ai_server_time_to_first_token_seconds_count)"
+    assert native.count(ttft) == "histogram_count(sum(gen_ai_server_time_to_first_token_seconds))"
+    assert classic.sum(semconv.TOKEN_USAGE_SPEC, 'a="b"') == 'sum(gen_ai_client_token_usage_sum{a="b"})'
+    assert native.sum(semconv.TOKEN_USAGE_SPEC) == "histogram_sum(sum(gen_ai_client_token_usage))"
+    assert classic.quantile(ttft, 0.9) == (
+        "histogram_quantile(0.9, sum by (le) (gen_ai_server_time_to_first_token_seconds_bucket))"
+    )
+    assert native.quantile(ttft, 0.9) == "histogram_quantile(0.9, sum(gen_ai_server_time_to_first_token_seconds))"
+
+
+def test_native_tolerance_is_the_exponential_bucket_width() -> None:
+    lower, upper = checks.exponential_bucket_of(1.0, 3)
+    assert lower < 1.0 <= upper and upper == pytest.approx(1.0) and lower == pytest.approx(2 ** (-1 / 8))
+    check = checks.quantile_check(semconv.TTFT_SPEC, 0.5, [0.13] * 3, 0.131, native=True)
+    assert check.passed and check.tolerance < 0.13 * 0.1
+    assert "relative error +0.8%" in check.detail
+    assert not checks.quantile_check(semconv.TTFT_SPEC, 0.5, [0.13] * 3, 0.16, native=True).passed

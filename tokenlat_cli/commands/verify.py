@@ -89,6 +89,13 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     help="Seconds to wait for the data to arrive in Prometheus.",
 )
 @click.option(
+    "--histogram",
+    type=click.Choice(["explicit", "exponential"]),
+    default=DEFAULTS.histogram,
+    show_default=True,
+    help="explicit: classic Prometheus histograms; exponential: native histograms.",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -104,6 +111,7 @@ def verify(
     inter_token: str,
     output_tokens: str,
     deadline: float,
+    histogram: str,
     json_path: Path | None,
     keep: bool,
 ) -> None:
@@ -128,6 +136,7 @@ def verify(
         inter_token=inter_token,
         output_tokens=output_tokens,
         deadline=deadline,
+        histogram=histogram,
     )
     workdir = Path(tempfile.mkdtemp(prefix="tokenlat-verify-"))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)

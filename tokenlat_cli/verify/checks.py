@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import requests
 
 from tokenlat import semconv
+from tokenlat.itl import EXPONENTIAL_SCALE, exponential_index
 from tokenlat.stream import RequestTiming
 from tokenlat_cli.profiles import ID_LIKE_ATTRIBUTE
 
@@ -118,18 +119,54 @@ def count_check(name: str, expected: int, observed: float | None) -> Check:
     return Check(name, expected, observed, error, "exact", passed, "" if passed else "count differs")
 
 
-def quantile_check(spec: semconv.MetricSpec, q: float, truths: Sequence[float], observed: float | None) -> Check:
+def exponential_bucket_of(value: float, scale: int) -> tuple[float, float]:
+    """The base-2 exponential bucket (base**i, base**(i+1)] holding ``value`` at ``scale``."""
+    index = exponential_index(scale)(value)
+    base = 2 ** (2**-scale)
+    return base**index, base ** (index + 1)
+
+
+def quantile_check(
+    spec: semconv.MetricSpec, q: float, truths: Sequence[float], observed: float | None, native: bool = False
+) -> Check:
+    """Classic histograms: the tolerance is the width of the explicit bucket holding the true value. Native
+    histograms: the width of its exponential bucket at the coarsest scale tokenlat produces (scale 3)."""
     name = f"{semconv.prometheus_name(spec)} p{round(q * 100)}"
     truth = true_quantile(truths, q)
-    lower, upper = bucket_of(truth, spec.buckets)
+    lower, upper = exponential_bucket_of(truth, EXPONENTIAL_SCALE) if native else bucket_of(truth, spec.buckets)
     tolerance = upper - lower
     if observed is None or math.isnan(observed):
         return Check(name, truth, None, None, tolerance, False, "no data in Prometheus")
     error = observed - truth
     passed = math.isfinite(tolerance) and abs(error) <= tolerance
-    ideal = histogram_quantile(q, truths, spec.buckets)
-    detail = f"bucket ({lower:g}, {upper:g}]; a lossless histogram answers {ideal:.4g}"
+    if native:
+        detail = f"exponential bucket ({lower:.4g}, {upper:.4g}]; relative error {error / truth:+.1%}"
+    else:
+        ideal = histogram_quantile(q, truths, spec.buckets)
+        detail = f"bucket ({lower:g}, {upper:g}]; a lossless histogram answers {ideal:.4g}"
     return Check(name, truth, observed, error, tolerance, passed, detail)
+
+
+class Queries:
+    """PromQL for one histogram layout: classic (_bucket/_sum/_count series) or native (one series)."""
+
+    def __init__(self, native: bool) -> None:
+        self.native = native
+
+    def count(self, spec: semconv.MetricSpec) -> str:
+        name = semconv.prometheus_name(spec)
+        return f"histogram_count(sum({name}))" if self.native else f"sum({name}_count)"
+
+    def sum(self, spec: semconv.MetricSpec, matchers: str = "") -> str:
+        name = semconv.prometheus_name(spec)
+        selector = f"{{{matchers}}}" if matchers else ""
+        return f"histogram_sum(sum({name}{selector}))" if self.native else f"sum({name}_sum{selector})"
+
+    def quantile(self, spec: semconv.MetricSpec, q: float) -> str:
+        name = semconv.prometheus_name(spec)
+        if self.native:
+            return f"histogram_quantile({q}, sum({name}))"
+        return f"histogram_quantile({q}, sum by (le) ({name}_bucket))"
 
 
 def truth_series(truths: Sequence[RequestTiming]) -> dict[str, list[float]]:
@@ -144,10 +181,6 @@ def truth_series(truths: Sequence[RequestTiming]) -> dict[str, list[float]]:
             if value is not None:
                 series[spec.name].append(value)
     return series
-
-
-def quantile_query(spec: semconv.MetricSpec, q: float) -> str:
-    return f"histogram_quantile({q}, sum by (le) ({semconv.prometheus_name(spec)}_bucket))"
 
 
 def id_label_check(label_names: Sequence[str]) -> Check:

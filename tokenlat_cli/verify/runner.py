@@ -47,6 +47,8 @@ class VerifySettings:
     output_tokens: str = "16-48"
     #: How long to wait for the data to arrive in Prometheus after the flush.
     deadline: float = 60.0
+    #: "explicit" (classic Prometheus histograms) or "exponential" (native histograms).
+    histogram: str = "explicit"
     export_interval: float = 1.0
 
 
@@ -86,13 +88,14 @@ def local_profile(profile: Profile, prometheus: Prometheus, endpoints: Collector
     return Profile(profile.name, profile.source, data)
 
 
-def _telemetry(otlp_endpoint: str, interval: float) -> Telemetry:
+def _telemetry(otlp_endpoint: str, interval: float, histogram: str) -> Telemetry:
     """The library's own setup, as a service would call it; nothing from this process's environment leaks in."""
     return configure(
         endpoint=f"http://{otlp_endpoint}",
         protocol="grpc",
         resource_attributes={"service.name": "tokenlat-verify"},
         export_interval_millis=interval * 1000,
+        histogram=histogram,
         environ={},
     )
 
@@ -156,7 +159,7 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
             f"streaming {settings.requests} chat completions, {settings.concurrency} at a time, "
             "through the tokenlat instrumentation"
         )
-        telemetry = _telemetry(collector.otlp_grpc_endpoint, settings.export_interval)
+        telemetry = _telemetry(collector.otlp_grpc_endpoint, settings.export_interval, settings.histogram)
         try:
             load = _drive(server.url, settings, telemetry.metrics, echo)
         finally:
@@ -202,29 +205,31 @@ def _drive(url: str, settings: VerifySettings, metrics: TokenMetrics, echo: Echo
 
 
 def _compare(report: Report, load: LoadResult, settings: VerifySettings, client: checks.PrometheusClient) -> None:
-    duration = semconv.prometheus_name(semconv.DURATION_SPEC)
-    usage = semconv.prometheus_name(semconv.TOKEN_USAGE_SPEC)
-    token_type = semconv.GEN_AI_TOKEN_TYPE.replace(".", "_")
+    queries = checks.Queries(native=settings.histogram == "exponential")
     sent = len(load.truths)
     report.checks.append(checks.count_check("requests that succeeded", settings.requests, sent))
     for failure in load.failures[:5]:
         report.notes.append(f"failed {failure}")
 
-    arrived = checks.wait_for_value(lambda: client.scalar(f"sum({duration}_count)"), sent, settings.deadline)
-    report.checks.append(checks.count_check(f"{duration}_count (requests)", sent, arrived))
-    for kind, expected in (("output", load.output_tokens), ("input", load.input_tokens)):
-        expr = f'sum({usage}_sum{{{token_type}="{kind}"}})'
-        observed = checks.wait_for_value(lambda expr=expr: client.scalar(expr), expected, 5.0)
-        report.checks.append(checks.count_check(f"{usage}_sum {kind} tokens", expected, observed))
+    def count_check(name: str, expr: str, expected: int, timeout: float) -> None:
+        observed = checks.wait_for_value(lambda: client.scalar(expr), expected, timeout)
+        report.checks.append(checks.count_check(name, expected, observed))
 
-    itl = semconv.prometheus_name(semconv.ITL_SPEC)
-    itl_count = checks.wait_for_value(lambda: client.scalar(f"sum({itl}_count)"), len(load.gaps), 5.0)
-    report.checks.append(checks.count_check(f"{itl}_count (every token after the first)", len(load.gaps), itl_count))
+    duration, usage, itl = (
+        semconv.prometheus_name(s) for s in (semconv.DURATION_SPEC, semconv.TOKEN_USAGE_SPEC, semconv.ITL_SPEC)
+    )
+    # The first wait covers the whole delivery; the data of one export arrives together after that.
+    count_check(f"{duration} count (requests)", queries.count(semconv.DURATION_SPEC), sent, settings.deadline)
+    token_type = semconv.GEN_AI_TOKEN_TYPE.replace(".", "_")
+    for kind, expected in (("output", load.output_tokens), ("input", load.input_tokens)):
+        expr = queries.sum(semconv.TOKEN_USAGE_SPEC, f'{token_type}="{kind}"')
+        count_check(f"{usage} sum ({kind} tokens)", expr, expected, 5.0)
+    count_check(f"{itl} count (every token after the first)", queries.count(semconv.ITL_SPEC), len(load.gaps), 5.0)
 
     truths = checks.truth_series(load.truths)
     truths[semconv.INTER_TOKEN_LATENCY] = load.gaps
     for spec in (semconv.TTFT_SPEC, semconv.TPOT_SPEC, semconv.DURATION_SPEC, semconv.ITL_SPEC):
         for q in checks.QUANTILES:
-            observed_q = client.scalar(checks.quantile_query(spec, q))
-            report.checks.append(checks.quantile_check(spec, q, truths[spec.name], observed_q))
+            observed_q = client.scalar(queries.quantile(spec, q))
+            report.checks.append(checks.quantile_check(spec, q, truths[spec.name], observed_q, queries.native))
     report.checks.append(checks.id_label_check(client.label_names()))

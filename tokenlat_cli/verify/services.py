@@ -62,6 +62,8 @@ def start_prometheus(group: ProcessGroup, workdir: Path) -> Prometheus:
         f"--storage.tsdb.path={workdir / 'prometheus-data'}",
         f"--web.listen-address=127.0.0.1:{port}",
         "--web.enable-remote-write-receiver",
+        # Native histograms: what exponential histograms become through remote write.
+        "--enable-feature=native-histograms",
         "--storage.tsdb.retention.time=1d",
     ]
     process = group.start("prometheus", argv, workdir / "prometheus.log")
