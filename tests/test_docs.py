@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from click.testing import CliRunner
+
 from tests.conftest import REPO
 from tokenlat import semconv
+from tokenlat_cli.main import cli
 
 
 def test_metrics_doc_covers_the_contract() -> None:
@@ -18,14 +21,10 @@ def test_metrics_doc_covers_the_contract() -> None:
 
 
 def test_every_cli_command_has_help() -> None:
-    from click.testing import CliRunner
-
-    from tokenlat_cli.main import cli
-
     runner = CliRunner()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     for name, command in cli.commands.items():
         assert command.help, f"`tokenlat {name}` has no help text"
         result = runner.invoke(cli, [name, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output, name
-        readme = (REPO / "README.md").read_text(encoding="utf-8")
         assert f"tokenlat {name}" in readme, f"README does not document `tokenlat {name}`"
