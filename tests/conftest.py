@@ -6,11 +6,13 @@ let a broken path land.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from tests.otel_helpers import Pipeline
 from tokenlat_cli.collector import CollectorError, find_collector
 from tokenlat_cli.verify.processes import ServiceError
 from tokenlat_cli.verify.services import find_prometheus
@@ -38,3 +40,11 @@ def prometheus_binary() -> Path:
         return find_prometheus()
     except ServiceError as exc:
         pytest.fail(f"end-to-end prerequisite missing: {exc}")
+
+
+@pytest.fixture
+def pipeline() -> Iterator[Pipeline]:
+    """A private metrics pipeline with a fake clock, exporting through TokenlatMetricExporter."""
+    p = Pipeline()
+    yield p
+    p.close()

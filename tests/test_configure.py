@@ -11,15 +11,19 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.otel_helpers import MODEL, CapturingExporter
 from tokenlat import semconv
-from tokenlat.configure import ConfigurationError, configure, parse_attributes
-from tokenlat.itl import TokenlatMetricExporter
+from tokenlat.configure import ConfigurationError, Telemetry, configure, parse_attributes
+from tokenlat.histograms import TokenlatMetricExporter
+from tokenlat.recorder import DROPPED_ATTRIBUTES
 
 
-def _inner_exporter(telemetry: object) -> object:
+def _inner_exporter(telemetry: Telemetry) -> object:
+    """The OTLP exporter configure() chose; swapped for a local one so shutdown does not wait on a network."""
     (reader,) = telemetry.meter_provider._metric_readers  # type: ignore[attr-defined]
     exporter = reader._exporter
     assert isinstance(exporter, TokenlatMetricExporter)
-    return exporter.inner
+    chosen = exporter.inner
+    exporter.inner = CapturingExporter()
+    return chosen
 
 
 def test_defaults_build_a_grpc_exporter_and_no_spans() -> None:
@@ -60,6 +64,7 @@ def test_arguments_win_over_the_environment() -> None:
         protocol="grpc",
     )
     try:
+        _inner_exporter(telemetry)
         assert telemetry.tracer_provider is None
         assert telemetry.metrics.attributes == {semconv.SCENE: "code"}
     finally:
@@ -105,16 +110,17 @@ def _export(histogram: str) -> dict[str, object]:
     rec.finish()
     telemetry.meter_provider.force_flush()
     telemetry.shutdown()
-    return {name: metric.data.data_points[0] for name, metric in capture.metrics().items()}
+    names = {spec.name for spec in semconv.ALL_METRICS}
+    exported = capture.metrics()
+    assert set(exported) == {*names, DROPPED_ATTRIBUTES}
+    return {name: exported[name].data.data_points[0] for name in names}
 
 
 def test_explicit_histograms_by_default() -> None:
     points = _export("explicit")
-    assert set(points) == {spec.name for spec in semconv.ALL_METRICS}
     assert all(isinstance(p, HistogramDataPoint) for p in points.values())
 
 
 def test_exponential_histograms_for_native_prometheus_histograms() -> None:
     points = _export("exponential")
-    assert set(points) == {spec.name for spec in semconv.ALL_METRICS}
     assert all(isinstance(p, ExponentialHistogramDataPoint) for p in points.values())

@@ -5,60 +5,25 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import time
 from collections.abc import Iterator, Sequence
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ExponentialHistogramDataPoint,
-    HistogramDataPoint,
     InMemoryMetricReader,
-    Metric,
-    PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.otel_helpers import MODEL, CapturingExporter
+from tests.otel_helpers import MODEL, Pipeline, point
 from tokenlat import semconv
-from tokenlat.itl import EXPONENTIAL_SCALE, ZERO, TokenlatMetricExporter, explicit_index, exponential_index
+from tokenlat.histograms import EXPONENTIAL_SCALE, ZERO, explicit_index, exponential_index
 from tokenlat.privacy import UserIdHasher
-from tokenlat.recorder import CANCELLED, TokenMetrics
+from tokenlat.recorder import CANCELLED, DROPPED_ATTRIBUTES, TokenMetrics
 from tokenlat.stream import instrument
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Pipeline:
-    """A MeterProvider exporting through TokenlatMetricExporter into a CapturingExporter, with a fake clock."""
-
-    def __init__(self, exponential: bool = False, **options: object) -> None:
-        self.clock = FakeClock()
-        self.exporter = CapturingExporter()
-        reader = PeriodicExportingMetricReader(TokenlatMetricExporter(self.exporter), export_interval_millis=3_600_000)
-        self.provider = MeterProvider(metric_readers=[reader])
-        self.metrics = TokenMetrics(self.provider, clock=self.clock, exponential=exponential, **options)  # type: ignore[arg-type]
-
-    def collect(self) -> dict[str, Metric]:
-        self.provider.force_flush()
-        return self.exporter.metrics()
-
-    def close(self) -> None:
-        self.provider.shutdown()
-
-
-@pytest.fixture
-def pipeline() -> Iterator[Pipeline]:
-    p = Pipeline()
-    yield p
-    p.close()
 
 
 def play(p: Pipeline, arrivals: Sequence[tuple[float, int]], end: float, **request: object) -> None:
@@ -70,12 +35,6 @@ def play(p: Pipeline, arrivals: Sequence[tuple[float, int]], end: float, **reque
         rec.tokens(n)
     p.clock.now = end
     rec.finish()
-
-
-def point(metrics: dict[str, Metric], name: str, **attrs: str) -> HistogramDataPoint:
-    points = [dp for dp in metrics[name].data.data_points if all(dp.attributes.get(k) == v for k, v in attrs.items())]
-    assert len(points) == 1, points
-    return points[0]  # type: ignore[return-value]
 
 
 def bucket_counts(bounds: Sequence[float], values: Sequence[tuple[float, int]]) -> list[int]:
@@ -235,15 +194,13 @@ def test_process_attributes_apply_to_every_request() -> None:
         p.close()
 
 
-def spans_pipeline(hasher: UserIdHasher | None) -> tuple[TokenMetrics, InMemoryMetricReader, InMemorySpanExporter]:
+def spans_pipeline(hasher: UserIdHasher | None) -> tuple[TokenMetrics, Pipeline, InMemorySpanExporter]:
     spans = InMemorySpanExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    reader = InMemoryMetricReader()
-    metrics = TokenMetrics(
-        MeterProvider(metric_readers=[reader]), tracer_provider=tracer_provider, spans=True, user_id_hasher=hasher
-    )
-    return metrics, reader, spans
+    pipeline = Pipeline(tracer_provider=tracer_provider, spans=True, user_id_hasher=hasher)
+    pipeline.metrics.clock = time.perf_counter  # real time: spans need real timestamps
+    return pipeline.metrics, pipeline, spans
 
 
 def test_span_carries_ttft_tokens_hashed_user_and_request_id() -> None:
@@ -278,22 +235,24 @@ def test_without_a_key_user_ids_are_dropped_not_hashed() -> None:
 
 
 def test_exemplars_carry_the_request_span_trace_id() -> None:
-    metrics, reader, spans = spans_pipeline(None)
+    metrics, pipeline, spans = spans_pipeline(None)
     rec = metrics.request(MODEL)
     rec.tokens()
     rec.tokens()
     rec.finish()
     (span,) = spans.get_finished_spans()
-    data = reader.get_metrics_data()
-    assert data is not None
-    found = {
-        m.name: [e.trace_id for dp in m.data.data_points for e in dp.exemplars]
-        for rm in data.resource_metrics
-        for sm in rm.scope_metrics
-        for m in sm.metrics
-    }
+    collected = pipeline.collect()
+    found = {name: [e.trace_id for dp in m.data.data_points for e in dp.exemplars] for name, m in collected.items()}
     for name in (semconv.TIME_TO_FIRST_TOKEN, semconv.TIME_PER_OUTPUT_TOKEN, semconv.REQUEST_DURATION):
         assert found[name] == [span.context.trace_id], name
+    assert {e.span_id for m in collected.values() for dp in m.data.data_points for e in dp.exemplars} == {
+        span.context.span_id
+    }
+
+
+def test_no_exemplars_without_a_sampled_span(pipeline: Pipeline) -> None:
+    play(pipeline, [(0.5, 1), (0.75, 1)], end=1.0)
+    assert not [e for m in pipeline.collect().values() for dp in m.data.data_points for e in dp.exemplars]
 
 
 def test_exponential_index_matches_the_otlp_definition() -> None:
@@ -322,9 +281,13 @@ def test_exponential_mode_exports_an_exponential_histogram() -> None:
         p.close()
 
 
-def test_itl_is_not_exported_without_the_wrapper(caplog: pytest.LogCaptureFixture) -> None:
-    reader = InMemoryMetricReader()
-    with caplog.at_level("INFO", logger="tokenlat"):
-        metrics = TokenMetrics(MeterProvider(metric_readers=[reader]))
-    assert "TokenlatMetricExporter" in caplog.text
-    metrics.request(MODEL).finish()
+def test_warns_when_nothing_would_be_exported(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="tokenlat"):
+        TokenMetrics(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    assert "no TokenlatMetricExporter" in caplog.text
+
+
+def test_dropped_attributes_are_exported_as_a_counter(pipeline: Pipeline) -> None:
+    pipeline.metrics.request({**MODEL, "http.route": "/x", "pod": "p-1"}).finish()
+    (point,) = pipeline.collect()[DROPPED_ATTRIBUTES].data.data_points
+    assert point.value == 2

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, Metric
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, Metric
 
 import tokenlat
+from tests.otel_helpers import Pipeline
 from tokenlat import semconv
 from tokenlat.stream import (
     RequestTiming,
@@ -86,27 +86,17 @@ class Upstream:
 
 
 @pytest.fixture
-def pipeline() -> Iterator[tuple[TokenMetrics, InMemoryMetricReader]]:
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader])  # private, never the global provider
-    yield TokenMetrics(meter_provider=provider), reader
-    provider.shutdown()
+def pipeline() -> Iterator[tuple[TokenMetrics, Pipeline]]:
+    p = Pipeline()  # a private MeterProvider exporting through TokenlatMetricExporter, never the global one
+    yield p.metrics, p
+    p.close()
 
 
-def collect(reader: InMemoryMetricReader) -> dict[str, Metric]:
-    data = reader.get_metrics_data()
-    out: dict[str, Metric] = {}
-    if data is None:
-        return out
-    for rm in data.resource_metrics:
-        for sm in rm.scope_metrics:
-            assert sm.scope.name == "tokenlat"
-            for m in sm.metrics:
-                out[m.name] = m
-    return out
+def collect(reader: Pipeline) -> dict[str, Metric]:
+    return {name: m for name, m in reader.collect().items() if name in {s.name for s in semconv.ALL_METRICS}}
 
 
-def points(reader: InMemoryMetricReader) -> dict[str, list[HistogramDataPoint]]:
+def points(reader: Pipeline) -> dict[str, list[HistogramDataPoint]]:
     return {name: list(m.data.data_points) for name, m in collect(reader).items()}
 
 
@@ -154,7 +144,7 @@ async def run_async(metrics: TokenMetrics, clock: FakeClock) -> list[Chunk]:
 # --- the happy path -------------------------------------------------------------------------
 
 
-def test_items_pass_through_unchanged(pipeline: tuple[TokenMetrics, InMemoryMetricReader]) -> None:
+def test_items_pass_through_unchanged(pipeline: tuple[TokenMetrics, Pipeline]) -> None:
     metrics, _ = pipeline
     got = run_sync(metrics, FakeClock())
     expected = [chunk for _, chunk in SCRIPT]
@@ -162,7 +152,7 @@ def test_items_pass_through_unchanged(pipeline: tuple[TokenMetrics, InMemoryMetr
     assert all(a is b for a, b in zip(got, expected, strict=True))
 
 
-def test_exact_values_and_buckets(pipeline: tuple[TokenMetrics, InMemoryMetricReader]) -> None:
+def test_exact_values_and_buckets(pipeline: tuple[TokenMetrics, Pipeline]) -> None:
     metrics, reader = pipeline
     run_sync(metrics, FakeClock())
     pts = points(reader)
@@ -196,13 +186,13 @@ def test_exact_values_and_buckets(pipeline: tuple[TokenMetrics, InMemoryMetricRe
     assert dict(usage["input"].attributes) == {**ATTRS, semconv.GEN_AI_TOKEN_TYPE: "input"}
 
 
-def test_boundaries_are_semconv_not_sdk_default(pipeline: tuple[TokenMetrics, InMemoryMetricReader]) -> None:
+def test_boundaries_are_semconv_not_sdk_default(pipeline: tuple[TokenMetrics, Pipeline]) -> None:
     metrics, reader = pipeline
     run_sync(metrics, FakeClock())
     collected = collect(reader)
-    assert set(collected) == {spec.name for spec in semconv.HISTOGRAMS}
+    assert set(collected) == {spec.name for spec in semconv.ALL_METRICS}
     sdk_default = (0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0)
-    for spec in semconv.HISTOGRAMS:
+    for spec in semconv.ALL_METRICS:
         m = collected[spec.name]
         assert (m.unit, m.description) == (spec.unit, spec.description)
         for p in m.data.data_points:
@@ -210,7 +200,7 @@ def test_boundaries_are_semconv_not_sdk_default(pipeline: tuple[TokenMetrics, In
             assert tuple(p.explicit_bounds[: len(sdk_default)]) != sdk_default
 
 
-def test_zero_token_chunks_do_not_count(pipeline: tuple[TokenMetrics, InMemoryMetricReader]) -> None:
+def test_zero_token_chunks_do_not_count(pipeline: tuple[TokenMetrics, Pipeline]) -> None:
     metrics, reader = pipeline
     clock = FakeClock()
     script = [(0.25, Chunk("", 0)), (0.5, Chunk("", 0)), (0.75, Chunk("a", 1)), (1.0, Chunk("", 0))]
@@ -220,7 +210,7 @@ def test_zero_token_chunks_do_not_count(pipeline: tuple[TokenMetrics, InMemoryMe
     assert usage_by_type(pts[semconv.TOKEN_USAGE])["output"].sum == 1
 
 
-def test_only_zero_token_chunks_record_no_ttft(pipeline: tuple[TokenMetrics, InMemoryMetricReader]) -> None:
+def test_only_zero_token_chunks_record_no_ttft(pipeline: tuple[TokenMetrics, Pipeline]) -> None:
     metrics, reader = pipeline
     clock = FakeClock()
     script = [(0.25, Chunk("", 0)), (0.5, Chunk("", 0))]
@@ -231,7 +221,7 @@ def test_only_zero_token_chunks_record_no_ttft(pipeline: tuple[TokenMetrics, InM
     assert only(pts[semconv.REQUEST_DURATION]).sum == 0.75
 
 
-def test_default_counts_one_token_per_item(pipeline: tuple[TokenMetrics, InMemoryMetricReader]) -> None:
+def test_default_counts_one_token_per_item(pipeline: tuple[TokenMetrics, Pipeline]) -> None:
     metrics, reader = pipeline
     clock = FakeClock()
     script = [(0.25, "a"), (0.5, "b"), (1.0, "c")]
@@ -243,7 +233,7 @@ def test_default_counts_one_token_per_item(pipeline: tuple[TokenMetrics, InMemor
 
 
 def test_empty_stream_records_duration_and_zero_output_only(
-    pipeline: tuple[TokenMetrics, InMemoryMetricReader],
+    pipeline: tuple[TokenMetrics, Pipeline],
 ) -> None:
     metrics, reader = pipeline
     clock = FakeClock()
@@ -258,7 +248,7 @@ def test_empty_stream_records_duration_and_zero_output_only(
     assert (usage["output"].count, usage["output"].sum) == (1, 0)
 
 
-def test_single_token_has_ttft_but_no_tpot(pipeline: tuple[TokenMetrics, InMemoryMetricReader]) -> None:
+def test_single_token_has_ttft_but_no_tpot(pipeline: tuple[TokenMetrics, Pipeline]) -> None:
     metrics, reader = pipeline
     clock = FakeClock()
     list(wrap_stream(upstream(clock, [(0.25, "only")], 0.5), metrics, clock=clock, start=0.0))
@@ -269,7 +259,7 @@ def test_single_token_has_ttft_but_no_tpot(pipeline: tuple[TokenMetrics, InMemor
 
 
 def test_start_defaults_to_clock_at_call_not_first_next(
-    pipeline: tuple[TokenMetrics, InMemoryMetricReader],
+    pipeline: tuple[TokenMetrics, Pipeline],
 ) -> None:
     metrics, reader = pipeline
     clock = FakeClock(10.0)
@@ -294,7 +284,7 @@ def failing(clock: FakeClock) -> Iterator[str]:
 
 
 def test_exception_records_error_type_and_reraises(
-    pipeline: tuple[TokenMetrics, InMemoryMetricReader],
+    pipeline: tuple[TokenMetrics, Pipeline],
 ) -> None:
     metrics, reader = pipeline
     clock = FakeClock()
@@ -313,7 +303,7 @@ def test_exception_records_error_type_and_reraises(
 
 
 def test_sync_close_after_two_items_records_cancelled(
-    pipeline: tuple[TokenMetrics, InMemoryMetricReader],
+    pipeline: tuple[TokenMetrics, Pipeline],
 ) -> None:
     metrics, reader = pipeline
     clock = FakeClock()
@@ -346,7 +336,7 @@ def test_sync_close_after_two_items_records_cancelled(
 
 
 def test_records_exactly_once_when_closed_after_exhaustion(
-    pipeline: tuple[TokenMetrics, InMemoryMetricReader],
+    pipeline: tuple[TokenMetrics, Pipeline],
 ) -> None:
     metrics, reader = pipeline
     clock = FakeClock()
@@ -360,7 +350,7 @@ def test_records_exactly_once_when_closed_after_exhaustion(
 
 
 def test_async_task_cancellation_records_cancelled(
-    pipeline: tuple[TokenMetrics, InMemoryMetricReader],
+    pipeline: tuple[TokenMetrics, Pipeline],
 ) -> None:
     metrics, reader = pipeline
     clock = FakeClock()
@@ -398,7 +388,7 @@ def test_async_task_cancellation_records_cancelled(
     assert usage_by_type(pts[semconv.TOKEN_USAGE])["output"].sum == 2
 
 
-def test_async_aclose_records_cancelled_once(pipeline: tuple[TokenMetrics, InMemoryMetricReader]) -> None:
+def test_async_aclose_records_cancelled_once(pipeline: tuple[TokenMetrics, Pipeline]) -> None:
     metrics, reader = pipeline
     clock = FakeClock()
 
@@ -417,7 +407,7 @@ def test_async_aclose_records_cancelled_once(pipeline: tuple[TokenMetrics, InMem
     assert dur.attributes[semconv.ERROR_TYPE] == "cancelled"
 
 
-def test_async_exception_records_error_type(pipeline: tuple[TokenMetrics, InMemoryMetricReader]) -> None:
+def test_async_exception_records_error_type(pipeline: tuple[TokenMetrics, Pipeline]) -> None:
     metrics, reader = pipeline
     clock = FakeClock()
 
@@ -438,7 +428,7 @@ def test_async_exception_records_error_type(pipeline: tuple[TokenMetrics, InMemo
 
 
 def test_async_gives_same_numbers_as_sync() -> None:
-    def snapshot(reader: InMemoryMetricReader) -> dict[tuple[str, tuple[Any, ...]], tuple[Any, ...]]:
+    def snapshot(reader: Pipeline) -> dict[tuple[str, tuple[Any, ...]], tuple[Any, ...]]:
         return {
             (name, tuple(sorted(p.attributes.items()))): (
                 p.count,
@@ -451,22 +441,20 @@ def test_async_gives_same_numbers_as_sync() -> None:
             for p in pts
         }
 
-    sync_reader, async_reader = InMemoryMetricReader(), InMemoryMetricReader()
-    sync_provider = MeterProvider(metric_readers=[sync_reader])
-    async_provider = MeterProvider(metric_readers=[async_reader])
+    sync_reader, async_reader = Pipeline(), Pipeline()
     try:
-        sync_items = run_sync(TokenMetrics(sync_provider), FakeClock())
-        async_items = asyncio.run(run_async(TokenMetrics(async_provider), FakeClock()))
+        sync_items = run_sync(sync_reader.metrics, FakeClock())
+        async_items = asyncio.run(run_async(async_reader.metrics, FakeClock()))
         assert async_items == sync_items
         sync_snap = snapshot(sync_reader)
-        assert len(sync_snap) == 5  # ttft, tpot, duration, usage input + output
+        assert len(sync_snap) == 6  # ttft, tpot, duration, usage input + output, inter-token latency
         assert snapshot(async_reader) == sync_snap
     finally:
-        sync_provider.shutdown()
-        async_provider.shutdown()
+        sync_reader.close()
+        async_reader.close()
 
 
-def test_instrument_stream_dispatches_on_aiter(pipeline: tuple[TokenMetrics, InMemoryMetricReader]) -> None:
+def test_instrument_stream_dispatches_on_aiter(pipeline: tuple[TokenMetrics, Pipeline]) -> None:
     metrics, reader = pipeline
     clock = FakeClock()
     sync_stream = instrument_stream(["a", "b"], metrics, clock=clock, start=0.0)

@@ -8,7 +8,7 @@ Three lines in a service:
 """
 
 from tokenlat.configure import ConfigurationError, Telemetry, configure
-from tokenlat.itl import TokenlatMetricExporter
+from tokenlat.histograms import TokenlatMetricExporter
 from tokenlat.recorder import RequestRecorder, RequestTiming, TokenMetrics
 from tokenlat.stream import instrument, instrument_stream, wrap_async_stream, wrap_stream
 

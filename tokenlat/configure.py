@@ -29,14 +29,12 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExporter, PeriodicExportingMetricReader
-from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.util.types import AttributeValue
 
-from tokenlat import semconv
-from tokenlat.itl import TokenlatMetricExporter
+from tokenlat.histograms import TokenlatMetricExporter
 from tokenlat.privacy import UserIdHasher
 from tokenlat.recorder import TokenMetrics
 
@@ -156,16 +154,7 @@ def configure(
     resource = Resource.create(dict(resource_attributes or {}))
     exporter = TokenlatMetricExporter(metric_exporter or _metric_exporter(protocol, endpoint))
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=export_interval_millis)
-    exponential = histogram == "exponential"
-    views = (
-        [
-            View(instrument_name=spec.name, aggregation=ExponentialBucketHistogramAggregation())
-            for spec in semconv.HISTOGRAMS
-        ]
-        if exponential
-        else []
-    )
-    meter_provider = MeterProvider(metric_readers=[reader], resource=resource, views=views)
+    meter_provider = MeterProvider(metric_readers=[reader], resource=resource)
 
     tracer_provider: TracerProvider | None = None
     if want_spans:
@@ -182,6 +171,6 @@ def configure(
         spans=want_spans,
         attributes=process_attributes,
         user_id_hasher=hasher,
-        exponential=exponential,
+        exponential=histogram == "exponential",
     )
     return Telemetry(token_metrics, meter_provider, tracer_provider)

@@ -16,26 +16,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.metrics import Histogram, MeterProvider, get_meter_provider
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter_provider
 from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 from tokenlat import semconv
 from tokenlat.attributes import AttributePolicy
-from tokenlat.itl import InterTokenHistogram, RequestGaps, TokenlatMetricExporter
+from tokenlat.histograms import MetricStore, RequestGaps, TokenlatMetricExporter
 from tokenlat.privacy import UserIdHasher
 
 Clock = Callable[[], float]
 Attributes = Mapping[str, AttributeValue]
 logger = logging.getLogger("tokenlat")
 
+DROPPED_ATTRIBUTES = "tokenlat.attributes.dropped"
 # error.type for a request the consumer abandoned (client disconnect, close(), aclose(), task cancellation).
 CANCELLED = "cancelled"
 
@@ -93,29 +94,27 @@ class TokenMetrics:
         clock: Clock = time.perf_counter,
     ) -> None:
         provider = meter_provider if meter_provider is not None else get_meter_provider()
-        meter = provider.get_meter("tokenlat")
         self.policy = policy if policy is not None else AttributePolicy()
         # Process-wide attributes (GPU type, quantization ...), filtered once.
         self.attributes = self.policy.filter(attributes or {})
         self.hasher = user_id_hasher
         self.clock = clock
-        self.inter_token = InterTokenHistogram(exponential=exponential)
-        self._histograms: dict[str, Histogram] = {
-            spec.name: meter.create_histogram(
-                spec.name,
-                unit=spec.unit,
-                description=spec.description,
-                explicit_bucket_boundaries_advisory=spec.buckets,
-            )
-            for spec in semconv.HISTOGRAMS
-        }
+        self.store = MetricStore(exponential=exponential)
+        # The one SDK instrument: observed at collection, never on the request path. It also guarantees that every
+        # collection has SDK data, so the exporter is called and can carry the store's histograms.
+        provider.get_meter("tokenlat").create_observable_counter(
+            DROPPED_ATTRIBUTES, [self._observe_dropped], unit="{attribute}",
+            description="Attribute keys dropped by the metric attribute allowlist",
+        )  # fmt: skip
         self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("tokenlat") if spans else None
-        if not _attach_to_exporters(provider, self.inter_token):
-            logger.info(
-                "tokenlat: no TokenlatMetricExporter on this MeterProvider, so %s is not exported; "
-                "use tokenlat.configure() or wrap your exporter in tokenlat.TokenlatMetricExporter",
-                semconv.INTER_TOKEN_LATENCY,
+        if not _attach_to_exporters(provider, self.store):
+            logger.warning(
+                "tokenlat: no TokenlatMetricExporter behind this MeterProvider's readers, so tokenlat's histograms "
+                "are not exported; use tokenlat.configure(), or wrap your exporter in tokenlat.TokenlatMetricExporter"
             )
+
+    def _observe_dropped(self, options: CallbackOptions) -> list[Observation]:
+        return [Observation(sum(self.policy.dropped.values()))]
 
     def request(
         self,
@@ -136,34 +135,18 @@ class TokenMetrics:
         merged = {**self.attributes, **self.policy.filter(attributes)} if attributes else self.attributes
         return RequestRecorder(self, merged, user_id, request_id, input_tokens, start, clock or self.clock)
 
-    def _record(self, timing: RequestTiming, attributes: Attributes, ctx: otel_context.Context | None) -> None:
-        h = self._histograms
-        ttft, tpot = timing.ttft, timing.time_per_output_token
-        if ttft is not None:
-            h[semconv.TIME_TO_FIRST_TOKEN].record(ttft, attributes, context=ctx)
-        if tpot is not None:
-            h[semconv.TIME_PER_OUTPUT_TOKEN].record(tpot, attributes, context=ctx)
-        duration_attributes = (
-            attributes if timing.error_type is None else {**attributes, semconv.ERROR_TYPE: timing.error_type}
-        )
-        h[semconv.REQUEST_DURATION].record(timing.duration or 0.0, duration_attributes, context=ctx)
-        usage = h[semconv.TOKEN_USAGE]
-        if timing.input_tokens is not None:
-            usage.record(timing.input_tokens, {**attributes, semconv.GEN_AI_TOKEN_TYPE: "input"}, context=ctx)
-        usage.record(timing.output_tokens, {**attributes, semconv.GEN_AI_TOKEN_TYPE: "output"}, context=ctx)
 
-
-def _attach_to_exporters(provider: MeterProvider, histogram: InterTokenHistogram) -> bool:
+def _attach_to_exporters(provider: MeterProvider, store: MetricStore) -> bool:
     """Find TokenlatMetricExporters behind the provider's readers.
 
     The SDK keeps readers and exporters private, so this is best effort (tests pin that it works with the SDK
-    in use); where it finds none, call ``exporter.attach(metrics.inter_token)`` yourself.
+    in use); where it finds none, call ``exporter.attach(metrics.store)`` yourself.
     """
     found = False
     for reader in getattr(provider, "_metric_readers", ()):
         exporter = getattr(reader, "_exporter", None)
         if isinstance(exporter, TokenlatMetricExporter):
-            exporter.attach(histogram)
+            exporter.attach(store)
             found = True
     return found
 
@@ -172,7 +155,8 @@ class RequestRecorder:
     """One request in flight. ``tokens`` is the hot path; ``finish`` records everything, exactly once."""
 
     __slots__ = (
-        "_attributes", "_context", "_finished", "_gaps", "_index", "_last", "_metrics", "_span", "_usage_output",
+        "_attributes", "_counted", "_counts", "_exemplar", "_finished", "_index", "_last", "_max", "_metrics", "_min",
+        "_span", "_usage_output",
         "clock", "timing",
     )  # fmt: skip
 
@@ -191,46 +175,56 @@ class RequestRecorder:
         now = self.clock()
         self.timing = RequestTiming(start=now if start is None else start, input_tokens=input_tokens)
         self._attributes = attributes
-        self._gaps = RequestGaps()
-        self._index = metrics.inter_token.index
+        self._counts: dict[int, int] = {}
+        self._counted = 0
+        self._min = math.inf
+        self._max = -math.inf
+        self._index = metrics.store.inter_token.index
         self._last: float | None = None
         self._usage_output: int | None = None
         self._finished = False
         self._span: Span | None = None
         if metrics.tracer is not None:
             self._span = _start_span(metrics, attributes, user_id, request_id, self.timing.start, now)
-            self._context: otel_context.Context | None = trace.set_span_in_context(self._span)
+            context = self._span.get_span_context()
         else:
             # Exemplars then point at whatever span the application has active (its server span, say).
-            self._context = otel_context.get_current()
+            context = trace.get_current_span().get_span_context()
+        self._exemplar = (
+            (context.span_id, context.trace_id) if context.is_valid and context.trace_flags.sampled else None
+        )
 
     def tokens(self, n: int = 1) -> None:
-        """``n`` output tokens arrived now (a chunk may carry several: they count ``n`` times at gap/n)."""
+        """``n`` output tokens arrived now (a chunk may carry several: they count ``n`` times at gap/n).
+
+        The hot path: a clock read, a bucket index, a dict update and two comparisons. The count and the sum of
+        the gaps follow from the token count and the first and last times, so they are worked out in finish().
+        """
         if n <= 0:  # a role-only or usage-only chunk: no token, and no effect on the gaps
             return
         now = self.clock()
         last = self._last
         self._last = now
-        gaps = self._gaps
+        self._counted += n
         if last is None:
             self.timing.first_token = now
             if n > 1:  # the rest of the first chunk arrived with the first token: gap 0
-                zero = self._index(0.0)
-                gaps.counts[zero] = gaps.counts.get(zero, 0) + n - 1
-                gaps.count += n - 1
-                gaps.minimum = 0.0
-                gaps.maximum = max(gaps.maximum, 0.0)
-        else:
-            gap = (now - last) / n
-            key = self._index(gap)
-            gaps.counts[key] = gaps.counts.get(key, 0) + n
-            gaps.count += n
-            gaps.total += now - last
-            if gap < gaps.minimum:
-                gaps.minimum = gap
-            if gap > gaps.maximum:
-                gaps.maximum = gap
-        self.timing.output_tokens += n
+                self._count_gap(0.0, n - 1)
+            return
+        gap = (now - last) / n
+        counts = self._counts
+        key = self._index(gap)
+        counts[key] = counts.get(key, 0) + n
+        if gap < self._min:
+            self._min = gap
+        if gap > self._max:
+            self._max = gap
+
+    def _count_gap(self, gap: float, n: int) -> None:
+        key = self._index(gap)
+        self._counts[key] = self._counts.get(key, 0) + n
+        self._min = min(self._min, gap)
+        self._max = max(self._max, gap)
 
     def usage(self, *, input_tokens: int | None = None, output_tokens: int | None = None) -> None:
         """Authoritative token counts (an OpenAI usage chunk, say): they win over the counted ones."""
@@ -248,11 +242,15 @@ class RequestRecorder:
         timing.end = self.clock()
         if error is not None:
             timing.error_type = error_type_of(error)
-        if self._usage_output is not None:
-            timing.output_tokens = self._usage_output
-        metrics = self._metrics
-        metrics.inter_token.merge(self._attributes, self._gaps)
-        metrics._record(timing, self._attributes, self._context)
+        timing.output_tokens = self._counted if self._usage_output is None else self._usage_output
+        gaps = RequestGaps(
+            counts=self._counts,
+            count=max(self._counted - 1, 0),
+            total=0.0 if self._last is None or timing.first_token is None else self._last - timing.first_token,
+            minimum=self._min,
+            maximum=self._max,
+        )
+        self._metrics.store.record_request(self._attributes, timing, gaps, self._exemplar)
         if self._span is not None:
             _end_span(self._span, timing, self.clock())
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import requests
 
 from tokenlat import semconv
-from tokenlat.itl import EXPONENTIAL_SCALE, exponential_index
+from tokenlat.histograms import EXPONENTIAL_SCALE, exponential_index
 from tokenlat.stream import RequestTiming
 from tokenlat_cli.profiles import ID_LIKE_ATTRIBUTE
 
