@@ -314,8 +314,8 @@ def measure_tokenlat(w: Workload) -> tuple[int, Observed]:
         gc.collect()
         start = time.process_time_ns()
         for r in range(w.requests):
-            # request() filters the attributes and finish() records TTFT, TPOT, duration and usage through the
-            # SDK besides merging the gaps: both are timed, their cost spread over the request's tokens.
+            # request() filters the attributes and finish() records TTFT, TPOT, duration and usage besides merging
+            # the gaps: both are timed, their cost spread over the request's tokens.
             rec = metrics.request(attributes[r], clock=iter(stamps[r]).__next__)
             for _token in stream:
                 rec.tokens(1)
@@ -579,8 +579,8 @@ def notes(result: Result) -> list[str]:
         "'x cheaper' = the reference's added cost / this row's added cost.",
         f"tokenlat's added {result.added(TOKENLAT):,.0f} ns/token splits into request() + tokens():"
         f" {per_token:,.0f} ns/token, and finish(): {finish:,.0f} ns/token amortised, i.e."
-        f" {finish * w.tokens / 1000:,.1f} us per request (it records TTFT, TPOT, duration and output-token usage"
-        " through the SDK, which the other two approaches do not do, and merges the request's gaps).",
+        f" {finish * w.tokens / 1000:,.1f} us per request (it records TTFT, TPOT, duration and output-token usage,"
+        " which the other two approaches do not do, and merges the request's gaps).",
         f"Spread of raw ns/token over the repeats (min-max): {spread}.",
     ]
 
@@ -634,58 +634,15 @@ def markdown_figures(result: Result, command: str) -> str:
     return "\n".join(out)
 
 
-DOC_TEMPLATE = f"""# Benchmarks
-
-## Hot path: CPU per streamed token
-
-tokenlat promises that instrumenting a token stream costs little next to the tokens themselves: the per-token path
-(`RequestRecorder.tokens`) reads a clock, finds a bucket and updates a dict, and everything OpenTelemetry happens
-once per request in `finish()`. This benchmark measures that promise against the two obvious alternatives, in the
-same run, on the same machine and the same token stream:
-
-- **naive OTel**: on every token, `Histogram.record(gap, attributes)` on an inter-token histogram (the same
-  bucket boundaries, `semconv.ITL_BUCKETS`) and `Counter.add(1, attributes)`, on an SDK `MeterProvider` with a
-  periodic reader, as in production; attributes are a dict of five keys (model, operation, provider, GPU type,
-  user tier).
-- **prometheus_client**: `Histogram.labels(...)` resolved once per request (the fair way: per token would cost
-  more), then `observe(gap)` on every token.
-- **tokenlat**: `metrics.request(attributes)`, `rec.tokens(1)` per token and `rec.finish()` per request. The cost
-  of `request()` and `finish()` (which also records TTFT, TPOT, duration and token usage through the SDK, work the
-  other two do not do) is included, spread over the request's tokens. That per-request part is fixed, so
-  tokenlat's figure per token falls as responses get longer: 64 tokens is a short answer (try `--tokens 256`).
-- **baseline**: the same loops recording nothing. Subtracting it gives the cost each approach *adds* per token.
-
-Method: CPU time of the process (`time.process_time_ns`) around each approach's loop only; setting up the
-pipelines, exporting and checking are outside it. The approaches run interleaved (naive, prometheus, tokenlat,
-baseline, ...) several times after an uncounted warm-up, and each figure is the median. Gaps come from a seeded
-generator (lognormal around 20 ms, with rare stalls) and are precomputed: every approach reads the same fake clock
-(`iter(timestamps).__next__`, one read per token) so that all of them see identical gaps and only recording costs
-differ. The garbage collector stays on, as in a server, after a collection before each loop. Two more loops run
-interleaved with the others to explain the figures: the baseline plus the clock read (the clock's share of every
-"added" figure), and tokenlat with `finish()` moved out of the timed region (how tokenlat's cost splits between
-the per-token path and the once-per-request `finish()`).
-
-The same run checks correctness and fails (exit 1, figures not written) otherwise: tokenlat's exported
-`{semconv.INTER_TOKEN_LATENCY}` counts every gap (requests x (tokens - 1)), and its bucket counts per
-attribute set equal those of the naive OTel histogram and of prometheus_client for the same gaps.
-
-Targets: tokenlat adds at least {TARGET_VS_NAIVE:g}x less CPU per token than naive OTel, and no more
-than prometheus_client. Whether they were met is computed by the run and written with the figures.
-
-Run it with `make bench`, which rewrites the figures below (`python -m bench.hot_path --help` for the workload
-flags; without `--markdown` it only prints).
-
-{BEGIN}
-{END}
-"""
+# The prose lives in docs/benchmarks.md; a document without the markers gets just a heading and the figures.
+SECTION_HEADING = "## Hot path: CPU per streamed token"
 
 
 def write_markdown(path: Path, figures: str) -> None:
     """Replace what is between the markers in ``path`` (creating the file, or appending the section, as needed)."""
-    text = path.read_text() if path.exists() else DOC_TEMPLATE
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
     if BEGIN not in text or END not in text:
-        section = DOC_TEMPLATE.split("\n", 2)[2]  # the section without the page title
-        text = text.rstrip("\n") + "\n\n" + section
+        text = f"{text.rstrip()}\n\n{SECTION_HEADING}\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
