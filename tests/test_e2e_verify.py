@@ -85,6 +85,23 @@ def test_verify_native_histograms_within_a_percent(
             assert abs(row["error"]) <= 0.09 * row["expected"], row
 
 
+def test_verify_mutual_tls_refuses_a_client_without_a_certificate(
+    collector_binary: Path, prometheus_binary: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.json"
+    result = _verify(
+        ["--profile", str(DATA / "mtls.yaml"), "--requests", "60", "--concurrency", "30", "--json", str(report)],
+        env={"TMPDIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "(mutual TLS)" in result.stderr
+    checks = _checks(report)
+    assert checks["OTLP client without a client certificate"]["observed"] == "rejected"
+    assert checks["OTLP client with the client certificate"]["observed"] == "accepted"
+    assert checks["gen_ai_server_request_duration_seconds count (requests)"]["observed"] == 60
+    assert not list(tmp_path.glob("tokenlat-verify-*")), "certificates and keys must not outlive the run"
+
+
 def test_verify_fails_when_the_pipeline_loses_information(
     collector_binary: Path, prometheus_binary: Path, tmp_path: Path
 ) -> None:
@@ -182,7 +199,7 @@ def test_sigterm_stops_every_process_and_removes_the_temp_dir(
         (["--profile", "local", "--requests", "0"], "Invalid value for '--requests': 0 is not in the range x>=1."),
         (["--profile", "local", "--ttft", "gamma:1"], "Invalid value for '--ttft': invalid distribution 'gamma:1'"),
         (["--profile", "local", "--output-tokens", "9-3"], "Invalid value for '--output-tokens': '9-3': need 1 <= LO"),
-        (["--profile", str(DATA / "full.yaml")], "verify cannot yet stand up backend auth, receiver TLS, a traces"),
+        (["--profile", str(DATA / "full.yaml")], "verify cannot yet stand up backend auth, a traces pipeline"),
         (["--profile", "nosuch"], "no such built-in profile"),
     ],
 )

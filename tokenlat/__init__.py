@@ -7,7 +7,7 @@ Three lines in a service:
     # or: with telemetry.metrics.request(attributes) as rec: ... rec.tokens(n) ...
 """
 
-from tokenlat.configure import ConfigurationError, Telemetry, configure
+from tokenlat.configure import ConfigurationError, Telemetry, TLSFiles, configure
 from tokenlat.histograms import TokenlatMetricExporter
 from tokenlat.recorder import RequestRecorder, RequestTiming, TokenMetrics
 from tokenlat.stream import instrument, instrument_stream, wrap_async_stream, wrap_stream
@@ -16,6 +16,7 @@ __all__ = [
     "ConfigurationError",
     "RequestRecorder",
     "RequestTiming",
+    "TLSFiles",
     "Telemetry",
     "TokenMetrics",
     "TokenlatMetricExporter",

@@ -6,8 +6,8 @@
     telemetry.shutdown()          # flushes the last export
 
 Configuration follows OpenTelemetry's environment variables, which the OTLP exporters and the SDK read
-themselves (OTEL_EXPORTER_OTLP_ENDPOINT, _PROTOCOL, _HEADERS, _CERTIFICATE, _CLIENT_CERTIFICATE, _CLIENT_KEY,
-_INSECURE, OTEL_METRIC_EXPORT_INTERVAL, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES), plus tokenlat's own:
+themselves from os.environ (OTEL_EXPORTER_OTLP_ENDPOINT, _PROTOCOL, _HEADERS, _CERTIFICATE, _CLIENT_CERTIFICATE,
+_CLIENT_KEY, _INSECURE, OTEL_METRIC_EXPORT_INTERVAL, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES), plus tokenlat's own:
 
     TOKENLAT_ATTRIBUTES     process-wide metric attributes, "tokenlat.gpu.type=H100,tokenlat.quantization=fp8"
     TOKENLAT_SPANS          "true": one span per request (exemplars then carry its trace id)
@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
@@ -99,26 +100,62 @@ def _signal_endpoint(protocol: str, endpoint: str | None, signal: str) -> str | 
     return endpoint.rstrip("/") + f"/v1/{signal}"
 
 
-def _metric_exporter(protocol: str, endpoint: str | None) -> MetricExporter:
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for OTLP over TLS: the CA that signed the Collector's certificate and, for mutual TLS, this
+    client's certificate and key. Unset fields fall back to OTEL_EXPORTER_OTLP_CERTIFICATE and friends."""
+
+    ca_file: str | None = None
+    client_certificate_file: str | None = None
+    client_key_file: str | None = None
+
+    def grpc_options(self) -> dict[str, object]:
+        if not any((self.ca_file, self.client_certificate_file, self.client_key_file)):
+            return {}
+        import grpc
+
+        def read(path: str | None) -> bytes | None:
+            return None if path is None else Path(path).read_bytes()
+
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_file),
+            private_key=read(self.client_key_file),
+            certificate_chain=read(self.client_certificate_file),
+        )
+        return {"credentials": credentials, "insecure": False}
+
+    def http_options(self) -> dict[str, object]:
+        return {
+            "certificate_file": self.ca_file,
+            "client_certificate_file": self.client_certificate_file,
+            "client_key_file": self.client_key_file,
+        }
+
+
+def _metric_exporter(protocol: str, endpoint: str | None, tls: TLSFiles) -> MetricExporter:
     # Cumulative temporality: Prometheus remote write drops delta histograms.
     temporality = {Histogram: AggregationTemporality.CUMULATIVE}
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
 
-        return GrpcExporter(endpoint=endpoint, preferred_temporality=temporality)
+        return GrpcExporter(endpoint=endpoint, preferred_temporality=temporality, **tls.grpc_options())  # type: ignore[arg-type]
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
 
-    return HttpExporter(endpoint=_signal_endpoint(protocol, endpoint, "metrics"), preferred_temporality=temporality)
+    return HttpExporter(
+        endpoint=_signal_endpoint(protocol, endpoint, "metrics"),
+        preferred_temporality=temporality,
+        **tls.http_options(),
+    )  # type: ignore[arg-type]
 
 
-def _span_exporter(protocol: str, endpoint: str | None) -> SpanExporter:
+def _span_exporter(protocol: str, endpoint: str | None, tls: TLSFiles) -> SpanExporter:
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
-        return GrpcExporter(endpoint=endpoint)
+        return GrpcExporter(endpoint=endpoint, **tls.grpc_options())  # type: ignore[arg-type]
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
-    return HttpExporter(endpoint=_signal_endpoint(protocol, endpoint, "traces"))
+    return HttpExporter(endpoint=_signal_endpoint(protocol, endpoint, "traces"), **tls.http_options())  # type: ignore[arg-type]
 
 
 def configure(
@@ -130,12 +167,14 @@ def configure(
     histogram: str | None = None,
     resource_attributes: Mapping[str, AttributeValue] | None = None,
     export_interval_millis: float | None = None,
+    tls: TLSFiles | None = None,
     metric_exporter: MetricExporter | None = None,
     span_exporter: SpanExporter | None = None,
     set_global: bool = False,
     environ: Mapping[str, str] | None = None,
 ) -> Telemetry:
-    """Build the providers and a TokenMetrics. ``metric_exporter``/``span_exporter`` replace the OTLP ones."""
+    """Build the providers and a TokenMetrics. ``tls`` sets the OTLP exporters' CA and client certificate (mutual
+    TLS); ``metric_exporter``/``span_exporter`` replace the OTLP exporters altogether."""
     env = os.environ if environ is None else environ
     protocol = _choice(
         protocol or _env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", env) or _env("OTEL_EXPORTER_OTLP_PROTOCOL", env),
@@ -152,14 +191,15 @@ def configure(
         raise ConfigurationError(str(exc)) from None
 
     resource = Resource.create(dict(resource_attributes or {}))
-    exporter = TokenlatMetricExporter(metric_exporter or _metric_exporter(protocol, endpoint))
+    tls = tls or TLSFiles()
+    exporter = TokenlatMetricExporter(metric_exporter or _metric_exporter(protocol, endpoint, tls))
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=export_interval_millis)
     meter_provider = MeterProvider(metric_readers=[reader], resource=resource)
 
     tracer_provider: TracerProvider | None = None
     if want_spans:
         tracer_provider = TracerProvider(resource=resource)
-        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter or _span_exporter(protocol, endpoint)))
+        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter or _span_exporter(protocol, endpoint, tls)))
     if set_global:
         otel_metrics.set_meter_provider(meter_provider)
         if tracer_provider is not None:

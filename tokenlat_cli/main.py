@@ -6,6 +6,7 @@ import click
 
 from tokenlat_cli.commands.profiles import profiles
 from tokenlat_cli.commands.render import render
+from tokenlat_cli.commands.sidecar import sidecar
 from tokenlat_cli.commands.verify import verify
 
 
@@ -18,3 +19,4 @@ def cli() -> None:
 cli.add_command(render)
 cli.add_command(verify)
 cli.add_command(profiles)
+cli.add_command(sidecar)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -16,14 +17,16 @@ from pathlib import Path
 import requests
 
 from tokenlat import semconv
-from tokenlat.configure import Telemetry, configure
+from tokenlat.configure import Telemetry, TLSFiles, configure
 from tokenlat.recorder import TokenMetrics
 from tokenlat.synthetic import DEFAULT_MODEL
 from tokenlat_cli.collector import validate_config
 from tokenlat_cli.profiles import Profile
 from tokenlat_cli.render import render_collector_config
 from tokenlat_cli.verify import checks
+from tokenlat_cli.verify.certs import make_certificates
 from tokenlat_cli.verify.load import LoadResult, run_load
+from tokenlat_cli.verify.probes import otlp_export_accepted
 from tokenlat_cli.verify.processes import ProcessGroup
 from tokenlat_cli.verify.report import Report
 from tokenlat_cli.verify.services import (
@@ -62,7 +65,6 @@ def check_supported(profile: Profile) -> None:
         reason
         for reason, present in (
             ("backend auth", profile.data["backend"]["auth"]["kind"] != "none"),
-            ("receiver TLS", profile.data["receiver"]["tls"]["enabled"]),
             ("a traces pipeline", profile.data["traces"]["enabled"]),
         )
         if present
@@ -74,8 +76,21 @@ def check_supported(profile: Profile) -> None:
         )
 
 
-def local_profile(profile: Profile, prometheus: Prometheus, endpoints: CollectorEndpoints) -> Profile:
-    """The same profile and pipeline, with every address pointed at this run's local services and free ports."""
+@dataclass(frozen=True)
+class LocalDeployment:
+    """The profile pointed at this run's services, and how a legitimate client reaches its receiver."""
+
+    profile: Profile
+    otlp_endpoint: str
+    client_tls: TLSFiles | None
+    mutual_tls: bool
+
+
+def local_deployment(
+    profile: Profile, prometheus: Prometheus, endpoints: CollectorEndpoints, workdir: Path
+) -> LocalDeployment:
+    """The same profile and pipeline, with every address pointed at this run's local services and free ports, and
+    the receiver's TLS files (when it has TLS) replaced by certificates made for this run."""
     check_supported(profile)
     data = copy.deepcopy(profile.data)
     data["backend"]["endpoint"] = prometheus.remote_write_url
@@ -85,13 +100,31 @@ def local_profile(profile: Profile, prometheus: Prometheus, endpoints: Collector
     host, port = endpoints.telemetry.rsplit(":", 1)
     data["service"]["telemetry_host"] = host
     data["service"]["telemetry_port"] = int(port)
-    return Profile(profile.name, profile.source, data)
+    tls = data["receiver"]["tls"]
+    if not tls["enabled"]:
+        return LocalDeployment(
+            Profile(profile.name, profile.source, data), f"http://{endpoints.otlp_grpc}", None, False
+        )
+    certs = make_certificates(workdir / "certs")
+    mutual = bool(tls["client_ca_file"])
+    tls.update(cert_file=str(certs.server_cert), key_file=str(certs.server_key))
+    if mutual:
+        tls["client_ca_file"] = str(certs.ca)
+    client = TLSFiles(
+        ca_file=str(certs.ca),
+        client_certificate_file=str(certs.client_cert) if mutual else None,
+        client_key_file=str(certs.client_key) if mutual else None,
+    )
+    return LocalDeployment(
+        Profile(profile.name, profile.source, data), f"https://{endpoints.otlp_grpc}", client, mutual
+    )
 
 
-def _telemetry(otlp_endpoint: str, interval: float, histogram: str) -> Telemetry:
+def _telemetry(deployment: LocalDeployment, interval: float, histogram: str) -> Telemetry:
     """The library's own setup, as a service would call it; nothing from this process's environment leaks in."""
     return configure(
-        endpoint=f"http://{otlp_endpoint}",
+        endpoint=deployment.otlp_endpoint,
+        tls=deployment.client_tls,
         protocol="grpc",
         resource_attributes={"service.name": "tokenlat-verify"},
         export_interval_millis=interval * 1000,
@@ -137,13 +170,16 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
 
         started = stages.begin(f"rendering profile {profile.name} for local services and validating it")
         endpoints = CollectorEndpoints.pick()
-        config = render_collector_config(local_profile(profile, prometheus, endpoints))
+        deployment = local_deployment(profile, prometheus, endpoints, workdir)
+        config = render_collector_config(deployment.profile)
         validate_config(config)
         stages.end(started, str(workdir / "collector.yaml"))
 
         started = stages.begin("starting the tokenlat Collector")
         collector = start_collector(group, workdir, config, endpoints, env={})
-        stages.end(started, f"OTLP gRPC on {endpoints.otlp_grpc}")
+        stages.end(
+            started, f"OTLP gRPC on {deployment.otlp_endpoint}{' (mutual TLS)' if deployment.mutual_tls else ''}"
+        )
 
         started = stages.begin("starting the synthetic model server")
         synthetic_args = [
@@ -159,7 +195,7 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
             f"streaming {settings.requests} chat completions, {settings.concurrency} at a time, "
             "through the tokenlat instrumentation"
         )
-        telemetry = _telemetry(collector.otlp_grpc_endpoint, settings.export_interval, settings.histogram)
+        telemetry = _telemetry(deployment, settings.export_interval, settings.histogram)
         try:
             load = _drive(server.url, settings, telemetry.metrics, echo)
         finally:
@@ -173,9 +209,26 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
         report.checks.append(
             checks.count_check("Collector exporter send failures", 0, _exporter_failures(collector.telemetry_url))
         )
+        if deployment.mutual_tls:
+            report.checks.extend(_mutual_tls_checks(deployment))
         stages.end(started)
         stages.begin("stopping services")
     return report
+
+
+def _mutual_tls_checks(deployment: LocalDeployment) -> list[checks.Check]:
+    """A client with the CA but no client certificate must be refused; the same probe with one must pass (so the
+    refusal is the certificate's doing, not a broken probe)."""
+    assert deployment.client_tls is not None
+    without = dataclasses.replace(deployment.client_tls, client_certificate_file=None, client_key_file=None)
+    rows = []
+    for name, tls, expected in (
+        ("OTLP client without a client certificate", without, "rejected"),
+        ("OTLP client with the client certificate", deployment.client_tls, "accepted"),
+    ):
+        observed = "accepted" if otlp_export_accepted(deployment.otlp_endpoint, tls) else "rejected"
+        rows.append(checks.Check(name, expected, observed, None, "exact", observed == expected, "mutual TLS"))
+    return rows
 
 
 def _drive(url: str, settings: VerifySettings, metrics: TokenMetrics, echo: Echo) -> LoadResult:

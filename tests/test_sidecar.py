@@ -1,0 +1,832 @@
+"""The sidecar proxy: byte-exact relaying, measurement from outside, every failure case, drain, the CLI.
+
+Servers run in-process on 127.0.0.1 port 0 inside ``asyncio.run`` (no pytest-asyncio): the real synthetic server
+as the upstream where a well-behaved model server is wanted, tiny aiohttp handlers where a misbehaving one is.
+Waiting is by polling a condition, never by sleeping a guessed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import itertools
+import json
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+from typing import Any, TypeVar
+
+import aiohttp
+import openai
+import pytest
+from aiohttp import web
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.sdk.metrics.export import Metric
+
+from tests.conftest import REPO
+from tests.otel_helpers import CapturingExporter
+from tokenlat import semconv, synthetic
+from tokenlat.configure import Telemetry, configure
+from tokenlat.sidecar import (
+    HEALTH_PATH,
+    STATS_PATH,
+    UPSTREAM_ERROR,
+    UPSTREAM_RESET,
+    UPSTREAM_UNAVAILABLE,
+    SidecarStats,
+    begin_drain,
+    create_sidecar_app,
+    operation_name,
+    serve_sidecar,
+    sidecar_stats,
+    validate_upstream,
+)
+from tokenlat.synthetic import Distribution, ServerStats, SyntheticConfig, token_text
+from tokenlat_cli.main import cli
+
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+FAST = SyntheticConfig(
+    seed=11,
+    ttft=Distribution.parse("uniform:0.005,0.015"),
+    inter_token=Distribution.parse("uniform:0.001,0.003"),
+    output_tokens=(4, 12),
+)
+# 40 tokens 10 ms apart: a stream that is still running while a test acts on it.
+SLOW = SyntheticConfig(
+    seed=3, ttft=Distribution.parse("fixed:0.005"), inter_token=Distribution.parse("fixed:0.01"), output_tokens=(40, 40)
+)
+CHAT = "/v1/chat/completions"
+POLL_DEADLINE_S = 10.0
+
+
+def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(coro_fn())
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` if it never does."""
+    deadline = time.monotonic() + POLL_DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await asyncio.sleep(0.005)
+
+
+def chat_body(model: str = "m-sidecar", stream: bool = True, **extra: Any) -> dict[str, Any]:
+    messages = [{"role": "user", "content": "one two three four"}]
+    body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream, **extra}
+    if stream:
+        body.setdefault("stream_options", {"include_usage": True})
+    return body
+
+
+def sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+def openai_chunk(text: str, model: str = "m-up") -> bytes:
+    return sse(
+        {"object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": {"content": text}}]}
+    )
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+@dataclass
+class Otel:
+    telemetry: Telemetry
+    exporter: CapturingExporter
+
+    def collect(self) -> dict[str, Metric]:
+        self.telemetry.meter_provider.force_flush()
+        return self.exporter.metrics()
+
+
+@pytest.fixture
+def otel() -> Iterator[Otel]:
+    exporter = CapturingExporter()
+    telemetry = configure(metric_exporter=exporter, environ={}, export_interval_millis=3_600_000)
+    try:
+        yield Otel(telemetry, exporter)
+    finally:
+        telemetry.shutdown()
+
+
+def points(metrics: dict[str, Metric], name: str, **attributes: str) -> list[Any]:
+    if name not in metrics:
+        return []
+    return [
+        dp for dp in metrics[name].data.data_points if all(dp.attributes.get(k) == v for k, v in attributes.items())
+    ]
+
+
+def total_count(metrics: dict[str, Metric], name: str, **attributes: str) -> int:
+    return sum(dp.count for dp in points(metrics, name, **attributes))
+
+
+def output_tokens(metrics: dict[str, Metric], **attributes: str) -> float:
+    usage = points(metrics, semconv.TOKEN_USAGE, **{semconv.GEN_AI_TOKEN_TYPE: "output", **attributes})
+    return sum(dp.sum for dp in usage)
+
+
+def error_types(metrics: dict[str, Metric]) -> list[str | None]:
+    return sorted(
+        (
+            dp.attributes.get(semconv.ERROR_TYPE)
+            for dp in points(metrics, semconv.REQUEST_DURATION)
+            for _ in range(dp.count)
+        ),
+        key=str,
+    )
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@asynccontextmanager
+async def running_synthetic(config: SyntheticConfig = FAST) -> AsyncIterator[tuple[str, ServerStats]]:
+    runner, port = await synthetic.serve(config)
+    try:
+        yield f"http://127.0.0.1:{port}", runner.app["stats"]
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def running_upstream(handler: Handler) -> AsyncIterator[str]:
+    """A fake upstream: ``handler`` answers every method and path."""
+    app = web.Application(client_max_size=64 << 20)
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    sock = socket.create_server(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class Sidecar:
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+
+    @property
+    def stats(self) -> SidecarStats:
+        return sidecar_stats(self.app)
+
+
+async def start_sidecar(upstream: str, otel: Otel, drain_timeout: float = 5.0, **options: Any) -> Sidecar:
+    app = create_sidecar_app(upstream, otel.telemetry.metrics, **options)
+    runner, port = await serve_sidecar(app, "127.0.0.1", 0, drain_timeout=drain_timeout)
+    return Sidecar(f"http://127.0.0.1:{port}", app, runner)
+
+
+@asynccontextmanager
+async def running_sidecar(upstream: str, otel: Otel, **options: Any) -> AsyncIterator[Sidecar]:
+    sidecar = await start_sidecar(upstream, otel, **options)
+    try:
+        yield sidecar
+    finally:
+        await sidecar.runner.cleanup()
+
+
+def raw_session() -> aiohttp.ClientSession:
+    # Bytes exactly as they arrive (no decompression), and no headers the test did not ask for.
+    return aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=("Accept-Encoding", "User-Agent"))
+
+
+@dataclass
+class Reply:
+    status: int
+    content_type: str
+    body: bytes
+
+
+async def fetch(session: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> Reply:
+    async with session.request(method, url, **kwargs) as resp:
+        body = b"".join([chunk async for chunk in resp.content.iter_any()])
+        return Reply(resp.status, resp.headers.get("Content-Type", ""), body)
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- pass-through
+
+
+def test_relays_streams_and_plain_responses_byte_for_byte(otel: Otel, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two synthetic servers with one seed answer request N identically, except for the wall-clock "created":
+    # pin it, so any difference is the proxy's.
+    monkeypatch.setattr(synthetic, "time", SimpleNamespace(time=lambda: 1_700_000_000.0))
+    requests: list[tuple[str, str, dict[str, Any]]] = [
+        ("POST", CHAT, {"json": chat_body()}),
+        ("POST", CHAT, {"json": chat_body(stream=False)}),
+        ("POST", CHAT, {"json": chat_body(stream_options={"include_usage": False}, max_tokens=3)}),
+        ("GET", "/v1/models?limit=5", {}),
+        ("HEAD", "/v1/models", {}),
+        ("POST", CHAT, {"data": b"{not json", "headers": {"Content-Type": "application/json"}}),
+        ("GET", "/nowhere", {}),
+    ]
+
+    async def body() -> None:
+        async with (
+            running_synthetic() as (direct, _),
+            running_synthetic() as (behind, _),
+            running_sidecar(behind, otel) as sidecar,
+            raw_session() as session,
+        ):
+            for method, path, kwargs in requests:
+                want = await fetch(session, method, direct + path, **kwargs)
+                got = await fetch(session, method, sidecar.url + path, **kwargs)
+                assert (got.status, got.content_type) == (want.status, want.content_type), path
+                assert got.body == want.body, path
+            assert got.status == 404
+            stats = sidecar.stats
+            assert (stats.requests, stats.streams, stats.passthrough, stats.upstream_errors) == (7, 2, 5, 2)
+
+    run(body)
+    # Only the two streams are measured.
+    assert total_count(otel.collect(), semconv.REQUEST_DURATION) == 2
+
+
+def test_forwards_method_path_query_headers_and_large_bodies_intact(otel: Otel) -> None:
+    seen: list[dict[str, Any]] = []
+    compressed = gzip.compress(b'{"hello": "world"}' * 100)
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        payload = await request.read()
+        seen.append(
+            {
+                "method": request.method,
+                "path_qs": request.raw_path,
+                "headers": list(request.headers.items()),
+                "sha256": hashlib.sha256(payload).hexdigest(),
+            }
+        )
+        resp = web.Response(body=compressed, headers={"Content-Encoding": "gzip", "X-Upstream": "yes"})
+        resp.headers.add("Set-Cookie", "a=1")
+        resp.headers.add("Set-Cookie", "b=2")
+        resp.content_type = "application/json"
+        return resp
+
+    big = os.urandom(3 << 20)  # larger than the 1 MiB the sidecar buffers: streamed through
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(big), 256 << 10):
+            yield big[start : start + (256 << 10)]
+
+    async def body() -> None:
+        async with running_upstream(echo) as upstream, running_sidecar(upstream, otel) as sidecar, raw_session() as s:
+            headers = {
+                "X-Custom": "kept",
+                "Connection": "keep-alive, X-Hop",
+                "X-Hop": "named in Connection: dropped",
+                "Keep-Alive": "timeout=5",
+                "Proxy-Authorization": "Basic c2VjcmV0",
+                "TE": "trailers",
+            }
+            url = sidecar.url + "/a%2Fb/c%20d?q=%20x&q=2&empty="
+            async with s.request("PATCH", url, data=chunks(), headers=headers) as resp:
+                assert resp.status == 200
+                assert await resp.read() == compressed  # still gzip: relayed, not decompressed
+                assert resp.headers["Content-Encoding"] == "gzip"
+                assert resp.headers["X-Upstream"] == "yes"
+                assert resp.headers.getall("Set-Cookie") == ["a=1", "b=2"]
+            await fetch(s, "DELETE", sidecar.url + "/x", json={"model": "small"})
+            upstream_port = upstream.rsplit(":", 1)[1]
+
+        first, second = seen
+        assert (first["method"], first["path_qs"]) == ("PATCH", "/a%2Fb/c%20d?q=%20x&q=2&empty=")
+        assert first["sha256"] == hashlib.sha256(big).hexdigest()
+        names = {name.lower(): value for name, value in first["headers"]}
+        assert names["x-custom"] == "kept"
+        assert names["host"] == f"127.0.0.1:{upstream_port}"
+        for hop in ("x-hop", "keep-alive", "proxy-authorization", "te"):
+            assert hop not in names, hop
+        # Nothing the client did not send: no compression asked for on its behalf.
+        assert "accept-encoding" not in names and "user-agent" not in names
+        assert second["method"] == "DELETE"
+        assert second["sha256"] == hashlib.sha256(json.dumps({"model": "small"}).encode()).hexdigest()
+
+    run(body)
+
+
+def test_generated_byte_streams_arrive_unchanged(otel: Otel) -> None:
+    fragments = [
+        b"data: ",
+        b'{"object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":"x"}}]}',
+        b'{"choices":[{"delta":{"content":',
+        b"\n\n",
+        b"\r\n",
+        b"\r",
+        b"data: [DONE]\n\n",
+        b": keep-alive\n",
+        b"event: message_start\n",
+        b'{"error": {"type": "overloaded"}}',
+        "é漢🙂".encode()[:5],  # cut inside a UTF-8 sequence
+        b"\xff\xfe\x80",
+        b"\xef\xbb\xbf",
+    ]
+    streams = st.lists(st.one_of(st.binary(max_size=96), st.sampled_from(fragments)), max_size=40).map(b"".join)
+
+    @settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        data=streams,
+        cuts=st.lists(st.floats(min_value=0, max_value=1), max_size=16),
+        ctype=st.sampled_from(
+            ["text/event-stream", "application/x-ndjson", "application/json", "application/octet-stream", ""]
+        ),
+    )
+    def check(data: bytes, cuts: list[float], ctype: str) -> None:
+        # Cut points as fractions of the stream, so that any stream gets cut anywhere.
+        bounds = sorted({0, len(data), *(int(c * len(data)) for c in cuts)})
+        pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+        async def upstream_handler(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse(headers={"Content-Type": ctype} if ctype else None)
+            await resp.prepare(request)
+            for piece in pieces:
+                await resp.write(piece)
+                await asyncio.sleep(0)  # let each piece travel on its own
+            await resp.write_eof()
+            return resp
+
+        async def body() -> None:
+            async with (
+                running_upstream(upstream_handler) as upstream,
+                running_sidecar(upstream, otel, max_line_bytes=64) as sidecar,
+                raw_session() as session,
+            ):
+                got = await fetch(session, "POST", sidecar.url + CHAT, json=chat_body())
+                assert got.status == 200
+                assert got.body == data
+                stats = sidecar.stats
+                assert (stats.requests, stats.streams + stats.passthrough) == (1, 1)
+                health = await fetch(session, "GET", sidecar.url + HEALTH_PATH)
+                assert health.status == 200
+
+        run(body)
+
+    check()
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def test_records_token_latency_of_proxied_streams(otel: Otel) -> None:
+    counted: list[int] = []
+    usages: list[dict[str, int]] = []
+
+    async def one(session: aiohttp.ClientSession, url: str) -> None:
+        async with session.post(url + CHAT, json=chat_body(), headers={"x-user-id": "u1"}) as resp:
+            events = [line async for line in resp.content if line.startswith(b"data: {")]
+        chunks = [json.loads(line[6:]) for line in events]
+        counted.append(sum(1 for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")))
+        usages.append(chunks[-1]["usage"])
+
+    async def body() -> None:
+        async with (
+            running_synthetic() as (upstream, _),
+            running_sidecar(upstream, otel) as sidecar,
+            aiohttp.ClientSession() as session,
+        ):
+            await asyncio.gather(*(one(session, sidecar.url) for _ in range(3)))  # concurrent streams
+
+    run(body)
+    metrics = otel.collect()
+    attributes = {
+        semconv.GEN_AI_REQUEST_MODEL: "m-sidecar",
+        semconv.GEN_AI_RESPONSE_MODEL: "m-sidecar",
+        semconv.GEN_AI_OPERATION_NAME: "chat",
+        semconv.GEN_AI_PROVIDER_NAME: "openai",
+    }
+    assert total_count(metrics, semconv.REQUEST_DURATION, **attributes) == 3
+    assert error_types(metrics) == [None, None, None]
+    assert total_count(metrics, semconv.TIME_TO_FIRST_TOKEN, **attributes) == 3
+    assert all(dp.min > 0 for dp in points(metrics, semconv.TIME_TO_FIRST_TOKEN))
+    assert output_tokens(metrics, **attributes) == sum(counted) == sum(u["completion_tokens"] for u in usages)
+    input_usage = points(metrics, semconv.TOKEN_USAGE, **{semconv.GEN_AI_TOKEN_TYPE: "input"})
+    assert sum(dp.sum for dp in input_usage) == sum(u["prompt_tokens"] for u in usages)
+    assert total_count(metrics, semconv.INTER_TOKEN_LATENCY, **attributes) == sum(counted) - 3
+
+
+def test_openai_client_streams_through_the_sidecar(otel: Otel) -> None:
+    seen: dict[str, Any] = {}
+
+    async def body() -> None:
+        async with running_synthetic() as (upstream, _), running_sidecar(upstream, otel) as sidecar:
+            client = openai.AsyncOpenAI(base_url=f"{sidecar.url}/v1", api_key="x", max_retries=0)
+            try:
+                stream = await client.chat.completions.create(
+                    model="m-openai",
+                    messages=[{"role": "user", "content": "say something short"}],
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                text: list[str] = []
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        text.append(chunk.choices[0].delta.content)
+                    if chunk.usage is not None:
+                        seen["usage"] = chunk.usage
+                seen["text"] = "".join(text)
+            finally:
+                await client.close()
+
+    run(body)
+    usage = seen["usage"]
+    assert seen["text"] == "".join(token_text(i) for i in range(usage.completion_tokens))
+    metrics = otel.collect()
+    assert output_tokens(metrics, **{semconv.GEN_AI_REQUEST_MODEL: "m-openai"}) == usage.completion_tokens
+    input_usage = points(metrics, semconv.TOKEN_USAGE, **{semconv.GEN_AI_TOKEN_TYPE: "input"})
+    assert [dp.sum for dp in input_usage] == [usage.prompt_tokens]
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_upstream_http_error_is_relayed_and_recorded_with_its_status(otel: Otel) -> None:
+    error_body = b'{"error": {"message": "overloaded", "type": "server_error"}}'
+
+    async def failing(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=503, body=error_body, content_type="application/json")
+
+    async def body() -> None:
+        async with (
+            running_upstream(failing) as upstream,
+            running_sidecar(upstream, otel) as sidecar,
+            raw_session() as s,
+        ):
+            got = await fetch(s, "POST", sidecar.url + CHAT, json=chat_body())
+            assert (got.status, got.body) == (503, error_body)
+            # The same error for a request that did not ask for a stream is relayed, not measured.
+            await fetch(s, "POST", sidecar.url + CHAT, json=chat_body(stream=False))
+            assert (sidecar.stats.upstream_errors, sidecar.stats.passthrough) == (2, 2)
+
+    run(body)
+    metrics = otel.collect()
+    assert error_types(metrics) == ["503"]
+    assert total_count(metrics, semconv.TIME_TO_FIRST_TOKEN) == 0
+
+
+def test_upstream_refusing_connections_gives_502_and_is_recorded(otel: Otel) -> None:
+    async def body() -> None:
+        async with running_sidecar(f"http://127.0.0.1:{closed_port()}", otel) as sidecar, raw_session() as s:
+            got = await fetch(s, "POST", sidecar.url + CHAT, json=chat_body())
+            assert got.status == 502
+            assert json.loads(got.body)["error"]["type"] == UPSTREAM_UNAVAILABLE
+            assert sidecar.stats.upstream_unavailable == 1
+            health = await fetch(s, "GET", sidecar.url + HEALTH_PATH)
+            assert health.status == 200  # the sidecar itself is fine
+
+    run(body)
+    metrics = otel.collect()
+    assert error_types(metrics) == [UPSTREAM_UNAVAILABLE]
+    dp = points(metrics, semconv.REQUEST_DURATION)[0]
+    assert dp.attributes[semconv.GEN_AI_REQUEST_MODEL] == "m-sidecar"
+
+
+def test_upstream_reset_mid_stream_breaks_the_client_stream(otel: Otel) -> None:
+    sent = openai_chunk("a") + openai_chunk("b") + openai_chunk("c")
+    client_has_them = asyncio.Event()
+
+    async def resetting(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(sent)
+        await client_has_them.wait()  # the client has read them through the sidecar: now break
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    async def body() -> None:
+        async with (
+            running_upstream(resetting) as upstream,
+            running_sidecar(upstream, otel) as sidecar,
+            raw_session() as s,
+        ):
+            received = bytearray()
+            async with s.post(sidecar.url + CHAT, json=chat_body()) as resp:
+                assert resp.status == 200
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    async for chunk in resp.content.iter_any():
+                        received += chunk
+                        if received == sent:
+                            client_has_them.set()
+            assert bytes(received) == sent  # everything upstream sent, and not a byte more
+            await until(lambda: sidecar.stats.upstream_resets == 1, "the reset is counted")
+
+    run(body)
+    metrics = otel.collect()
+    assert error_types(metrics) == [UPSTREAM_RESET]
+    assert output_tokens(metrics) == 3
+    assert points(metrics, semconv.REQUEST_DURATION)[0].attributes[semconv.GEN_AI_RESPONSE_MODEL] == "m-up"
+
+
+def test_client_disconnect_stops_the_upstream_and_records_cancelled(otel: Otel) -> None:
+    async def body() -> None:
+        async with running_synthetic(SLOW) as (upstream, upstream_stats), running_sidecar(upstream, otel) as sidecar:
+            async with aiohttp.ClientSession() as session:
+                resp = await session.post(sidecar.url + CHAT, json=chat_body())
+                assert (await resp.content.readline()).startswith(b"data: ")
+                resp.close()
+            await until(lambda: sidecar.stats.client_disconnects == 1, "the sidecar notices the disconnect")
+            # The sidecar let go of the upstream too, long before the 0.4 s stream would have ended.
+            await until(lambda: upstream_stats.disconnected == 1, "the upstream sees the disconnect")
+            assert upstream_stats.completed == 0
+
+    run(body)
+    assert error_types(otel.collect()) == ["cancelled"]
+
+
+def test_malformed_events_and_oversized_lines_are_counted_and_relayed(otel: Otel) -> None:
+    stream = (
+        openai_chunk("a")
+        + b"data: {not json\n\n"
+        + b"data: " + b"x" * 5000 + b"\n\n"
+        + openai_chunk("b")
+        + sse("[DONE]")
+    )  # fmt: skip
+
+    async def upstream_handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=stream, content_type="text/event-stream")
+
+    async def body() -> None:
+        async with (
+            running_upstream(upstream_handler) as upstream,
+            running_sidecar(upstream, otel, max_line_bytes=1024) as sidecar,
+            raw_session() as s,
+        ):
+            got = await fetch(s, "POST", sidecar.url + CHAT, json=chat_body())
+            assert got.body == stream
+            assert (sidecar.stats.malformed_events, sidecar.stats.oversized_lines) == (1, 1)
+
+    run(body)
+    metrics = otel.collect()
+    assert output_tokens(metrics) == 2
+    assert error_types(metrics) == [None]
+
+
+def test_error_event_in_a_stream_is_recorded_as_upstream_error(otel: Otel) -> None:
+    stream = openai_chunk("a") + sse({"error": {"message": "kv cache full", "type": "server_error"}})
+
+    async def upstream_handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=stream, content_type="text/event-stream")
+
+    async def body() -> None:
+        async with running_upstream(upstream_handler) as upstream, running_sidecar(upstream, otel) as sidecar:
+            async with raw_session() as s:
+                assert (await fetch(s, "POST", sidecar.url + CHAT, json=chat_body())).body == stream
+            assert sidecar.stats.upstream_errors == 1
+
+    run(body)
+    assert error_types(otel.collect()) == [UPSTREAM_ERROR]
+
+
+def test_slow_client_gets_every_byte(otel: Otel) -> None:
+    piece = openai_chunk("y" * 1000)
+    count = 8000  # ~8 MiB: more than the socket buffers hold, so the relay must wait for the reader
+    sha = hashlib.sha256()
+
+    async def fast_upstream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for _ in range(count):
+            await resp.write(piece)
+        await resp.write_eof()
+        return resp
+
+    async def body() -> None:
+        async with running_upstream(fast_upstream) as upstream, running_sidecar(upstream, otel) as sidecar:
+            async with raw_session() as s, s.post(sidecar.url + CHAT, json=chat_body()) as resp:
+                received = 0
+                while chunk := await resp.content.read(64 << 10):
+                    received += len(chunk)
+                    sha.update(chunk)
+                    await asyncio.sleep(0.001)  # the slow reader itself, not a wait for a condition
+            assert received == len(piece) * count
+            assert sidecar.stats.streams == 1
+
+    run(body)
+    assert sha.hexdigest() == hashlib.sha256(piece * count).hexdigest()
+    assert output_tokens(otel.collect()) == count
+
+
+# --------------------------------------------------------------------------- endpoints and drain
+
+
+def test_health_stats_and_the_reserved_prefix(otel: Otel) -> None:
+    async def body() -> None:
+        async with (
+            running_synthetic() as (upstream, upstream_stats),
+            running_sidecar(upstream, otel) as sidecar,
+            raw_session() as s,
+        ):
+            health = await fetch(s, "GET", sidecar.url + HEALTH_PATH)
+            assert (health.status, json.loads(health.body)) == (200, {"status": "serving"})
+            await fetch(s, "POST", sidecar.url + CHAT, json=chat_body())
+            stats = json.loads((await fetch(s, "GET", sidecar.url + STATS_PATH)).body)
+            assert stats["requests"] == 1 and stats["streams"] == 1 and stats["draining"] is False
+            assert set(stats) >= {
+                "requests", "streams", "passthrough", "upstream_errors", "upstream_unavailable",
+                "upstream_resets", "client_disconnects", "malformed_events", "oversized_lines",
+            }  # fmt: skip
+            # The whole prefix is the sidecar's: never proxied.
+            reserved = await fetch(s, "POST", sidecar.url + "/-/tokenlat/anything", json=chat_body())
+            assert reserved.status == 404
+            assert upstream_stats.started == 1 and sidecar.stats.requests == 1
+
+            begin_drain(sidecar.app)
+            assert (await fetch(s, "GET", sidecar.url + HEALTH_PATH)).status == 503
+            assert (await fetch(s, "POST", sidecar.url + CHAT, json=chat_body())).status == 503
+            assert sidecar.stats.rejected == 1 and upstream_stats.started == 1
+
+    run(body)
+
+
+def test_shutdown_drains_in_flight_streams(otel: Otel) -> None:
+    async def body() -> None:
+        async with running_synthetic(SLOW) as (upstream, upstream_stats):
+            sidecar = await start_sidecar(upstream, otel)
+            port = int(sidecar.url.rsplit(":", 1)[1])
+            async with aiohttp.ClientSession() as session:
+                resp = await session.post(sidecar.url + CHAT, json=chat_body())
+                first = await resp.content.readline()
+                assert first.startswith(b"data: ")
+                shutdown = asyncio.create_task(sidecar.runner.cleanup())
+                await until(lambda: not accepts(port), "the sidecar stops accepting connections")
+                rest = await resp.read()
+                resp.release()
+                await shutdown
+            lines = [line for line in (first + rest).split(b"\n") if line.startswith(b"data: ")]
+            assert lines[-1] == b"data: [DONE]"
+            assert upstream_stats.completed == 1
+
+    run(body)
+    metrics = otel.collect()
+    assert error_types(metrics) == [None]
+    assert output_tokens(metrics) == 40
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- small pieces
+
+
+@pytest.mark.parametrize(
+    ("path", "operation"),
+    [
+        ("/v1/chat/completions", "chat"),
+        ("/api/chat", "chat"),
+        ("/v1/messages", "chat"),
+        ("/v1/completions", "text_completion"),
+        ("/generate_stream", "generate"),
+        ("/v2/models/llama/generate_stream", "generate"),
+    ],
+)
+def test_operation_name_from_the_path(path: str, operation: str) -> None:
+    assert operation_name(path) == operation
+
+
+@pytest.mark.parametrize("upstream", ["ftp://host", "127.0.0.1:8000", "http://", "http://h/?q=1", "http://h/#f"])
+def test_bad_upstream_urls_are_rejected(upstream: str) -> None:
+    with pytest.raises(ValueError, match=r"must|is not a URL"):
+        validate_upstream(upstream)
+
+
+def test_upstream_path_prefix_is_kept() -> None:
+    assert validate_upstream("http://gateway:8080/llm/") == "http://gateway:8080/llm"
+
+
+def test_unknown_format_is_rejected(otel: Otel) -> None:
+    with pytest.raises(ValueError, match="unknown format 'sse'"):
+        create_sidecar_app("http://127.0.0.1:1", otel.telemetry.metrics, fmt="sse")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+class _OtlpReceiver(BaseHTTPRequestHandler):
+    bodies: list[bytes]
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        type(self).bodies.append(self.rfile.read(length))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "no line in time"
+    return proc.stdout.readline()
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM handling is POSIX-only")
+def test_cli_proxies_and_flushes_telemetry_on_sigterm() -> None:
+    receiver_class = type("Receiver", (_OtlpReceiver,), {"bodies": []})
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), receiver_class)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_address[1]}",
+        "OTEL_METRIC_EXPORT_INTERVAL": "3600000",  # only the flush at shutdown exports
+    }
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "tokenlat.synthetic", "--port", "0", "--ttft", "fixed:0.001", "--inter-token",
+         "fixed:0.001", "--output-tokens", "3"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    proxy: subprocess.Popen[str] | None = None
+    try:
+        upstream_url = read_line(upstream, 20).removeprefix(synthetic.LISTENING_PREFIX).strip()
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "tokenlat_cli", "sidecar", "--upstream", upstream_url, "--listen", "127.0.0.1:0"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        line = read_line(proxy, 20)
+        match = re.fullmatch(r"tokenlat sidecar listening on (http://127\.0\.0\.1:(\d+)) -> (\S+)\n", line)
+        assert match, line
+        assert int(match.group(2)) > 0 and match.group(3) == upstream_url
+        request = urllib.request.Request(
+            match.group(1) + CHAT, data=json.dumps(chat_body()).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.read().endswith(b"data: [DONE]\n\n")
+        proxy.send_signal(signal.SIGTERM)
+        assert proxy.wait(timeout=20) == 0
+        assert proxy.stdout is not None and proxy.stdout.read() == ""  # exactly one line
+        assert proxy.stderr is not None and "Traceback" not in proxy.stderr.read()
+        assert any(semconv.REQUEST_DURATION.encode() in body for body in receiver_class.bodies)
+    finally:
+        if proxy is not None:
+            stop(proxy)
+        stop(upstream)
+        receiver.shutdown()
+        receiver.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--upstream", "ftp://127.0.0.1:1"], "--upstream"),
+        (["--upstream", "http://127.0.0.1:1", "--listen", "localhost"], "--listen"),
+        (["--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:99999"], "--listen"),
+        (["--upstream", "http://127.0.0.1:1", "--listen", "::1:9000"], "--listen"),
+        (["--upstream", "http://127.0.0.1:1", "--format", "sse"], "--format"),
+        (["--listen", "127.0.0.1:0"], "--upstream"),
+    ],
+)
+def test_cli_bad_options_exit_2_naming_the_option(args: list[str], option: str) -> None:
+    result = CliRunner().invoke(cli, ["sidecar", *args])
+    assert result.exit_code == 2, result.output
+    assert option in result.output

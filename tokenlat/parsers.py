@@ -1,0 +1,642 @@
+"""Incremental parsers for streaming LLM responses, seen from outside the server (by a sidecar or proxy).
+
+    fmt = detect_format(path, content_type, first_chunk)   # None: not a token stream, just relay it
+    parser = make_parser(fmt)
+    for chunk in upstream:                     # network chunks, cut anywhere
+        for event in parser.feed(chunk):
+            rec.tokens(event.tokens)           # 0 for role / usage / keep-alive events: a no-op
+            if event.input_tokens is not None or event.output_tokens is not None:
+                rec.usage(input_tokens=event.input_tokens, output_tokens=event.output_tokens)
+    for event in parser.close(): ...           # a last event the server did not terminate
+
+Counting rule, for every format: the server's usage report when present (``input_tokens``/``output_tokens``,
+authoritative, recorder.usage), otherwise one token per event that carries generated text (``tokens``). A
+server that packs several tokens into one event is counted once for it; its usage report corrects the total.
+
+Every well-formed JSON payload gives exactly one ``StreamEvent`` (``tokens=0`` for role, usage, keep-alive and
+metadata events), and so does an SSE ``event: error`` whose data is plain text; ``stats.events`` is the number of
+events returned. What gives none: the ``[DONE]``
+sentinel, empty ``data:`` payloads, SSE comments, malformed payloads (``stats.malformed``: bad JSON, a non-object,
+or an object of an unexpected shape) and oversized lines (``stats.oversized``). ``error`` is a short
+classification of an upstream error event, fit for error.type: the error's type or code when it names one,
+else its message (at most 200 characters).
+
+Formats
+-------
+openai
+    SSE ``data: {chat.completion.chunk | text_completion}``, ended by ``data: [DONE]`` (no event). ``tokens`` is
+    the number of choices carrying text: ``delta.content``, ``delta.reasoning_content`` / ``delta.reasoning``
+    (vLLM, DeepSeek), ``delta.refusal``, ``delta.tool_calls[].function.arguments`` (tool-call arguments are
+    generated tokens too), or ``text`` (completions). A ``usage`` object (the final chunk with
+    ``stream_options.include_usage``, or every chunk with vLLM's continuous usage stats) gives
+    ``input_tokens=prompt_tokens``, ``output_tokens=completion_tokens``. ``model`` from every chunk.
+    ``{"error": {...}}`` (and vLLM's older top-level ``{"object": "error", ...}``) gives ``error``.
+anthropic
+    SSE with ``event:`` lines (the payload's ``type`` wins; the event name is the fallback). ``message_start``:
+    ``model`` and ``input_tokens`` (``usage.input_tokens`` plus the prompt-cache fields
+    ``cache_creation_input_tokens`` and ``cache_read_input_tokens``: the whole prompt, as OpenAI's
+    prompt_tokens counts it). ``content_block_delta``: 1 token for a non-empty ``text_delta``,
+    ``thinking_delta`` or ``input_json_delta`` (tool input); ``signature_delta`` and others carry none.
+    ``message_delta``: ``usage.output_tokens`` (cumulative) as ``output_tokens``, and ``input_tokens`` when the
+    newer API repeats it there. ``ping``, ``content_block_start/stop``, ``message_stop`` and event types added
+    later: ``tokens=0``. ``event: error`` / ``{"type": "error", "error": {"type": "overloaded_error"}}``:
+    ``error``.
+tgi
+    Text Generation Inference ``/generate_stream``: ``data: {"index", "token": {"id", "text", "logprob",
+    "special"}, "generated_text": null | str, "details": null | {"finish_reason", "generated_tokens",
+    "input_length", "seed"}}``. One token per event with a ``token`` object, whatever its text: special tokens
+    (end of sequence) and tokens with empty text (part of a multi-byte character) are generated tokens, and
+    ``details.generated_tokens`` counts them too. ``details`` (sent when the request asked for details) gives
+    ``output_tokens=generated_tokens`` and ``input_tokens=input_length``. ``{"error", "error_type"}``:
+    ``error`` is the error_type.
+triton
+    Triton generate extension ``/v2/models/<model>[/versions/<v>]/generate_stream``: ``data: {"model_name",
+    "model_version", "text_output", ...}``: 1 token for a non-empty ``text_output`` (a list, for beams, counts
+    once), ``model`` from ``model_name``. No usage. ``{"error": "..."}``: ``error``.
+ollama
+    NDJSON (``application/x-ndjson``) from ``/api/generate`` (``{"model", "response", "thinking", "done"}``) or
+    ``/api/chat`` (``{"model", "message": {"content", "thinking", "tool_calls"}, "done"}``): 1 token for a line
+    with text. The ``"done": true`` line gives ``input_tokens=prompt_eval_count`` and
+    ``output_tokens=eval_count``. ``{"error": "..."}``: ``error``.
+generic
+    SSE ``data: {"token": "..."}`` or ``{"text": "..."}`` (``token`` may also be an object with a ``text``):
+    1 token for non-empty text; ``usage`` (``prompt_tokens``/``input_tokens``,
+    ``completion_tokens``/``output_tokens``) and ``model`` when present; ``[DONE]`` gives no event.
+
+SSE framing follows the WHATWG rules: lines end with ``\\n``, ``\\r\\n`` or ``\\r`` (a ``\\r\\n`` cut between
+two chunks is one line end); an event ends at a blank line; several ``data:`` lines join with ``\\n``; ``:``
+comment lines are ignored; ``event:`` names the event; a leading byte-order mark is dropped. ``event: error``
+marks an upstream error in every SSE format. ``close()`` flushes a last line without newline and a last event
+without blank line.
+
+Memory stays bounded: a line longer than ``max_line_bytes`` (and an SSE event whose data lines add up to more)
+is dropped and counted in ``stats.oversized``; its bytes are discarded as they arrive, up to the next line end,
+never buffered. The two private attributes tests may read: ``_buf``, the partial line carried between chunks
+(at most ``max_line_bytes``), and ``_data_size``, the bytes of the SSE event being read (likewise bounded).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+FORMATS: tuple[str, ...] = ("openai", "anthropic", "tgi", "triton", "ollama", "generic")
+
+_ERROR_CHARS = 200
+_BOM = b"\xef\xbb\xbf"
+_LF, _CR, _COLON = 10, 13, 58
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    tokens: int  # output tokens this event carries (0 for role/usage/keep-alive/metadata events)
+    input_tokens: int | None = None  # authoritative counts when the event reports usage
+    output_tokens: int | None = None
+    model: str | None = None  # the model the response names, when the event carries it
+    error: str | None = None  # an error event from upstream
+
+
+@dataclass
+class ParserStats:
+    events: int = 0  # StreamEvents returned
+    malformed: int = 0  # payloads that could not be parsed (bad JSON, unexpected shape): skipped, counted
+    oversized: int = 0  # lines (or SSE events) longer than the limit: skipped, counted
+
+
+class _Shape(Exception):
+    """A payload that is JSON but not of the shape its format promises."""
+
+
+Decoder = Callable[[dict[str, Any], bytes], StreamEvent | None]
+
+
+class StreamParser:
+    """Parses one response; feed it network chunks as they come. Not thread-safe; never raises on bad input."""
+
+    __slots__ = (
+        "_buf", "_data", "_data_size", "_decode", "_discarding", "_event_name", "_first_line", "_max", "_poisoned",
+        "_skip_lf", "_sse", "format", "stats",
+    )  # fmt: skip
+
+    def __init__(self, fmt: str, *, max_line_bytes: int = 1 << 20) -> None:
+        if fmt not in _DECODERS:
+            raise ValueError(f"unknown stream format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        self.format = fmt
+        self.stats = ParserStats()
+        self._decode: Decoder = _DECODERS[fmt]
+        self._sse = fmt != "ollama"
+        self._max = max_line_bytes
+        self._buf = bytearray()  # the partial line carried to the next chunk; never more than _max
+        self._discarding = False  # inside an oversized line: drop bytes up to its end
+        self._skip_lf = False  # the last chunk ended with \r: a \n opening the next one ends the same line
+        self._first_line = True  # a byte-order mark may open the stream
+        self._data: list[bytes] = []  # the data lines of the SSE event being read
+        self._data_size = 0
+        self._event_name = b""
+        self._poisoned = False  # part of the SSE event being read was dropped: drop the event
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
+        """The events completed by this chunk, in order."""
+        out: list[StreamEvent] = []
+        if not chunk:
+            return out
+        if type(chunk) is not bytes:  # bytearray, memoryview: one copy, and the rest of the path stays bytes-only
+            chunk = bytes(chunk)
+        # splitlines splits bytes on \n, \r\n and \r only, in C, in one pass: no re-scanning of earlier data.
+        pieces = chunk.splitlines(keepends=True)
+        start = 0
+        if self._skip_lf:
+            self._skip_lf = False
+            if pieces[0] == b"\n":  # the second half of a \r\n cut by the network
+                start = 1
+        last = len(pieces) - 1
+        limit = self._max
+        buf = self._buf
+        for i in range(start, last + 1):
+            piece = pieces[i]
+            end = piece[-1]
+            if end != _LF and end != _CR:
+                # Only the last piece can be unterminated: carry it, unless the line is already too long.
+                if self._discarding:
+                    continue
+                if len(buf) + len(piece) > limit:
+                    self._oversized()
+                    buf.clear()
+                    self._discarding = True
+                else:
+                    buf += piece
+                continue
+            if end == _CR:
+                size = len(piece) - 1
+                if i == last:
+                    self._skip_lf = True
+            elif len(piece) > 1 and piece[-2] == _CR:
+                size = len(piece) - 2
+            else:
+                size = len(piece) - 1
+            if self._discarding:  # the end of an oversized line: it was counted when it overflowed
+                self._discarding = False
+                continue
+            if buf:
+                if len(buf) + size > limit:
+                    self._oversized()
+                    buf.clear()
+                    continue
+                buf += piece[:size]
+                line = bytes(buf)
+                buf.clear()
+            elif size > limit:
+                self._oversized()
+                continue
+            else:
+                line = piece[:size]
+            self._line(line, out)
+        return out
+
+    def close(self) -> list[StreamEvent]:
+        """Flush the end of the stream: a last line without newline, a last SSE event without blank line."""
+        out: list[StreamEvent] = []
+        if self._discarding:
+            self._discarding = False
+        elif self._buf:
+            line = bytes(self._buf)
+            self._buf.clear()
+            self._line(line, out)
+        if self._sse:
+            self._dispatch(out)
+        self._skip_lf = False
+        return out
+
+    # -- framing ---------------------------------------------------------------------------------------------
+
+    def _oversized(self) -> None:
+        self.stats.oversized += 1
+        if self._sse:  # the event lost a line: what is left of it must not be parsed
+            self._poisoned = True
+            self._data.clear()
+            self._data_size = 0
+
+    def _line(self, line: bytes, out: list[StreamEvent]) -> None:
+        if self._first_line:
+            self._first_line = False
+            if line.startswith(_BOM):
+                line = line[3:]
+        if not self._sse:  # NDJSON: a line is a payload; blank lines are keep-alives
+            if line and not line.isspace():
+                self._payload(line, b"", out)
+            return
+        if not line:
+            self._dispatch(out)
+            return
+        if line[0] == _COLON:  # comment (keep-alive)
+            return
+        colon = line.find(b":")
+        if colon < 0:
+            field, value = line, b""
+        else:
+            field, value = line[:colon], line[colon + 1 :]
+            if value[:1] == b" ":
+                value = value[1:]
+        if field == b"data":
+            if self._poisoned:
+                return
+            size = self._data_size + len(value) + 1
+            if size > self._max:  # many data lines, each within the limit: still too big
+                self._oversized()
+                return
+            self._data_size = size
+            self._data.append(value)
+        elif field == b"event":
+            self._event_name = value
+        # id and retry matter to browsers reconnecting, not to counting tokens.
+
+    def _dispatch(self, out: list[StreamEvent]) -> None:
+        data, name, poisoned = self._data, self._event_name, self._poisoned
+        if data:
+            self._data = []
+        self._data_size = 0
+        self._event_name = b""
+        self._poisoned = False
+        if data and not poisoned:
+            self._payload(data[0] if len(data) == 1 else b"\n".join(data), name, out)
+
+    def _payload(self, raw: bytes, name: bytes, out: list[StreamEvent]) -> None:
+        # Complete lines only reach here, and line ends are ASCII, which never occurs inside a multi-byte UTF-8
+        # sequence: each payload decodes on its own, whatever the chunking. Invalid bytes become U+FFFD.
+        text = raw.decode("utf-8", "replace")
+        try:
+            obj = json.loads(text)
+        except (ValueError, RecursionError):
+            stripped = text.strip()
+            if not stripped or stripped == "[DONE]":
+                return
+            if name == b"error":  # a plain-text error message
+                self._emit(StreamEvent(0, error=stripped[:_ERROR_CHARS]), out)
+            else:
+                self.stats.malformed += 1
+            return
+        if not isinstance(obj, dict):
+            self.stats.malformed += 1
+            return
+        try:
+            if name == b"error":
+                event: StreamEvent | None = StreamEvent(
+                    0, model=_text(obj.get("model")), error=_error_of(obj) or _error_text(obj)
+                )
+            else:
+                event = self._decode(obj, name)
+        except (_Shape, AttributeError, KeyError, TypeError, ValueError):
+            event = None
+        if event is None:
+            self.stats.malformed += 1
+        else:
+            self._emit(event, out)
+
+    def _emit(self, event: StreamEvent, out: list[StreamEvent]) -> None:
+        self.stats.events += 1
+        out.append(event)
+
+
+def make_parser(fmt: str, *, max_line_bytes: int = 1 << 20) -> StreamParser:
+    """A parser for one response in ``fmt`` (one of FORMATS); ValueError names the formats for any other."""
+    return StreamParser(fmt, max_line_bytes=max_line_bytes)
+
+
+# -- payload helpers -------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _simple(tokens: int, model: str | None) -> StreamEvent:
+    # The hot path's events (a token, a model name) repeat for a whole response: share them (they are frozen).
+    return StreamEvent(tokens, model=model)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _count(value: object) -> int | None:
+    """A token count, or None for anything that is not a non-negative integer (bool, negative, string ...)."""
+    if type(value) is int:
+        return value if value >= 0 else None
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
+def _dict(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Shape
+    return value
+
+
+def _error_text(error: object) -> str:
+    """A short classification of an error: its type or code when it names one, else its message."""
+    if isinstance(error, dict):
+        for key in ("type", "code", "message"):
+            value = error.get(key)
+            if isinstance(value, str) and value:
+                return value[:_ERROR_CHARS]
+            if type(value) is int:
+                return str(value)
+        return "error"
+    if isinstance(error, str) and error:
+        return error[:_ERROR_CHARS]
+    return "error"
+
+
+def _error_of(obj: dict[str, Any]) -> str | None:
+    """The error an event reports, in any format's spelling, or None."""
+    error = obj.get("error")
+    if error:
+        kind = obj.get("error_type")  # TGI: {"error": message, "error_type": "generation"}
+        return kind[:_ERROR_CHARS] if isinstance(kind, str) and kind else _error_text(error)
+    if obj.get("object") == "error":  # vLLM before the {"error": {...}} wrapper
+        return _error_text(obj)
+    if obj.get("type") == "error":  # Anthropic without the error object
+        return "error"
+    return None
+
+
+def _error_event(obj: dict[str, Any], error: str) -> StreamEvent:
+    return StreamEvent(0, model=_text(obj.get("model")) or _text(obj.get("model_name")), error=error)
+
+
+# -- formats ---------------------------------------------------------------------------------------------------
+
+_OPENAI_DELTA_TEXT = ("content", "reasoning_content", "reasoning", "refusal")
+
+
+def _openai_choice_has_text(choice: object) -> bool:
+    choice = _dict(choice)
+    if _text(choice.get("text")):  # text_completion
+        return True
+    delta = choice.get("delta")
+    if delta is None:
+        return False
+    delta = _dict(delta)
+    for key in _OPENAI_DELTA_TEXT:
+        if _text(delta.get(key)):
+            return True
+    calls = delta.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and _text(function.get("arguments")):
+                return True
+    return False
+
+
+def _openai(obj: dict[str, Any], name: bytes) -> StreamEvent | None:
+    error = _error_of(obj)
+    if error is not None:
+        return _error_event(obj, error)
+    choices = obj.get("choices")
+    usage = obj.get("usage")
+    has_choices = isinstance(choices, list)
+    if not has_choices and not isinstance(usage, dict):
+        return None  # neither a chunk nor a usage report ("choices": null, {"foo": 1} ...)
+    tokens = sum(1 for choice in choices if _openai_choice_has_text(choice)) if has_choices else 0
+    model = _text(obj.get("model"))
+    if isinstance(usage, dict):
+        return StreamEvent(
+            tokens,
+            input_tokens=_count(usage.get("prompt_tokens")),
+            output_tokens=_count(usage.get("completion_tokens")),
+            model=model,
+        )
+    return _simple(tokens, model)
+
+
+_ANTHROPIC_DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+
+
+def _anthropic_input(usage: dict[str, Any]) -> int | None:
+    tokens = _count(usage.get("input_tokens"))
+    if tokens is None:
+        return None
+    # input_tokens leaves out the prompt-cache reads and writes: add them for the whole prompt.
+    for key in ("cache_creation_input_tokens", "cache_read_input_tokens"):
+        tokens += _count(usage.get(key)) or 0
+    return tokens
+
+
+def _anthropic(obj: dict[str, Any], name: bytes) -> StreamEvent | None:
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        if not name:
+            return None
+        kind = name.decode("utf-8", "replace")
+    if kind == "content_block_delta":
+        delta = _dict(obj["delta"])
+        key = _ANTHROPIC_DELTA_TEXT.get(delta.get("type"))  # an unhashable type raises TypeError: malformed
+        return _simple(1 if key is not None and _text(delta.get(key)) else 0, None)
+    if kind == "message_start":
+        message = _dict(obj["message"])
+        usage = message.get("usage")
+        return StreamEvent(
+            0,
+            input_tokens=_anthropic_input(usage) if isinstance(usage, dict) else None,
+            model=_text(message.get("model")),
+        )
+    if kind == "message_delta":
+        usage = obj.get("usage")
+        if not isinstance(usage, dict):
+            return _simple(0, None)
+        return StreamEvent(0, input_tokens=_anthropic_input(usage), output_tokens=_count(usage.get("output_tokens")))
+    if kind == "error":
+        return StreamEvent(0, error=_error_text(obj.get("error")))
+    return _simple(0, None)  # ping, content_block_start/stop, message_stop, and event types added later
+
+
+def _tgi(obj: dict[str, Any], name: bytes) -> StreamEvent | None:
+    error = _error_of(obj)
+    if error is not None:
+        return _error_event(obj, error)
+    token = obj.get("token")
+    details = obj.get("details")
+    if token is None and details is None:
+        return None
+    if token is not None:
+        _dict(token)
+    tokens = 0 if token is None else 1
+    if details is None:
+        return _simple(tokens, None)
+    details = _dict(details)
+    return StreamEvent(
+        tokens, input_tokens=_count(details.get("input_length")), output_tokens=_count(details.get("generated_tokens"))
+    )
+
+
+def _triton(obj: dict[str, Any], name: bytes) -> StreamEvent | None:
+    error = _error_of(obj)
+    if error is not None:
+        return _error_event(obj, error)
+    output = obj.get("text_output")
+    model = _text(obj.get("model_name"))
+    if isinstance(output, str):
+        has_text = bool(output)
+    elif isinstance(output, list):  # several beams or a batch: still one response step
+        has_text = any(_text(item) for item in output)
+    elif output is None and model is not None:  # a response without text (other outputs requested)
+        has_text = False
+    else:
+        return None
+    return _simple(1 if has_text else 0, model)
+
+
+def _ollama(obj: dict[str, Any], name: bytes) -> StreamEvent | None:
+    error = _error_of(obj)
+    if error is not None:
+        return _error_event(obj, error)
+    message = obj.get("message")
+    if message is None and "response" not in obj and "done" not in obj:
+        return None
+    has_text = bool(_text(obj.get("response")) or _text(obj.get("thinking")))
+    if message is not None:
+        message = _dict(message)
+        calls = message.get("tool_calls")
+        has_text = has_text or bool(
+            _text(message.get("content")) or _text(message.get("thinking")) or (isinstance(calls, list) and calls)
+        )
+    tokens = 1 if has_text else 0
+    model = _text(obj.get("model"))
+    if obj.get("done") is True:
+        return StreamEvent(
+            tokens,
+            input_tokens=_count(obj.get("prompt_eval_count")),
+            output_tokens=_count(obj.get("eval_count")),
+            model=model,
+        )
+    return _simple(tokens, model)
+
+
+def _generic(obj: dict[str, Any], name: bytes) -> StreamEvent | None:
+    error = _error_of(obj)
+    if error is not None:
+        return _error_event(obj, error)
+    text = obj.get("token")
+    if isinstance(text, dict):
+        text = text.get("text")
+    elif text is None:
+        text = obj.get("text")
+    usage = obj.get("usage")
+    if text is not None and not isinstance(text, str):
+        return None
+    if text is None and not isinstance(usage, dict):
+        return None
+    tokens = 1 if text else 0
+    model = _text(obj.get("model"))
+    if isinstance(usage, dict):
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+        completion = usage.get("completion_tokens", usage.get("output_tokens"))
+        return StreamEvent(tokens, input_tokens=_count(prompt), output_tokens=_count(completion), model=model)
+    return _simple(tokens, model)
+
+
+_DECODERS: dict[str, Decoder] = {
+    "openai": _openai,
+    "anthropic": _anthropic,
+    "tgi": _tgi,
+    "triton": _triton,
+    "ollama": _ollama,
+    "generic": _generic,
+}
+assert tuple(_DECODERS) == FORMATS
+
+
+# -- detection -------------------------------------------------------------------------------------------------
+
+_SSE_TYPES = frozenset({"text/event-stream"})
+_NDJSON_TYPES = frozenset(
+    {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
+)
+_SSE_FORMATS = frozenset({"openai", "anthropic", "tgi", "triton", "generic"})
+_TRITON_PATH = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/generate_stream$")
+_ANTHROPIC_EVENT = re.compile(
+    rb"^event:[ \t]*(?:message_start|content_block_start|content_block_delta|ping)[ \t]*\r?$", re.M
+)
+_FIRST_DATA = re.compile(rb"^data:[ \t]?([^\r\n]*)", re.M)
+_HEAD_BYTES = 16384
+# Sniffing a first payload that may be cut short: key patterns, most specific first.
+_PAYLOAD_PATTERNS: tuple[tuple[re.Pattern[bytes], str], ...] = (
+    (re.compile(rb'"type"\s*:\s*"(?:message_start|content_block_\w+|message_delta|message_stop|ping)"'), "anthropic"),
+    (re.compile(rb'"(?:text_output|model_version)"\s*:'), "triton"),
+    (re.compile(rb'"token"\s*:\s*\{'), "tgi"),
+    (re.compile(rb'"(?:choices"\s*:|object"\s*:\s*"(?:chat\.completion\.chunk|text_completion)")'), "openai"),
+    (re.compile(rb'"(?:token|text)"\s*:\s*"'), "generic"),
+)
+
+
+def _format_of_path(path: str) -> str | None:
+    route = path.split("?", 1)[0].rstrip("/")
+    if _TRITON_PATH.search(route):  # before TGI: both end in /generate_stream
+        return "triton"
+    if route.endswith("/generate_stream"):
+        return "tgi"
+    if route.endswith("/v1/messages"):
+        return "anthropic"
+    if route.endswith(("/api/generate", "/api/chat")):
+        return "ollama"
+    if route.endswith("/completions"):  # /v1/completions, /v1/chat/completions, Azure's deployments/x/...
+        return "openai"
+    return None
+
+
+def _sniff_sse(head: bytes) -> str | None:
+    head = head[:_HEAD_BYTES]
+    if _ANTHROPIC_EVENT.search(head):
+        return "anthropic"
+    match = _FIRST_DATA.search(head)
+    if match is None:
+        return None
+    payload = match.group(1)
+    for pattern, fmt in _PAYLOAD_PATTERNS:
+        if pattern.search(payload):
+            return fmt
+    return None
+
+
+def _looks_like_sse(head: bytes) -> bool:
+    start = head.lstrip()[:6]
+    return start.startswith((b"data:", b"event:", b":", b"id:", b"retry:"))
+
+
+def detect_format(path: str, content_type: str | None, head: bytes = b"") -> str | None:
+    """The stream format of a response, from the request path, the response content type and its first bytes.
+
+    None when the response is not a token stream: a declared non-stream type (a plain JSON response, HTML, an
+    error page ...) or an event stream none of the formats recognises.
+    """
+    by_path = _format_of_path(path)
+    ctype = (content_type or "").split(";", 1)[0].strip().lower()
+    if ctype in _SSE_TYPES:
+        # The path names the API; the head only decides where the path does not (generic, TGI at "/" ...).
+        return by_path if by_path in _SSE_FORMATS else _sniff_sse(head)
+    if ctype in _NDJSON_TYPES:
+        return "ollama"
+    if ctype and ctype not in ("application/octet-stream", "text/plain"):
+        return None
+    # No content type, or one too vague to trust: the first bytes decide, the path breaks ties.
+    if head:
+        if _looks_like_sse(head):
+            return by_path if by_path in _SSE_FORMATS else _sniff_sse(head)
+        if by_path == "ollama" and head.lstrip()[:1] == b"{":
+            return "ollama"
+        return None
+    return by_path if not ctype else None
+
+
+def request_model(body: bytes) -> str | None:
+    """The "model" of a JSON request body (OpenAI, Anthropic, Ollama); None if absent or not JSON. Never raises."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    if isinstance(obj, dict):
+        return _text(obj.get("model"))
+    return None

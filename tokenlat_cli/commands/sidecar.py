@@ -1,0 +1,164 @@
+"""`tokenlat sidecar`: a streaming reverse proxy in front of a model server that records token latency."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import click
+
+import tokenlat
+from tokenlat.parsers import FORMATS
+from tokenlat.sidecar import begin_drain, create_sidecar_app, serve_sidecar, validate_upstream
+
+LISTENING_PREFIX = "tokenlat sidecar listening on "
+
+
+def _upstream(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return validate_upstream(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPV6]:PORT`` into (host, port); ValueError says what is wrong."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{value!r}: write an IPv6 address in brackets, [::1]:9000")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"{value!r}: port {port_text!r} is not an integer") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{value!r}: port {port} is outside 0-65535")
+    return host, port
+
+
+def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
+    try:
+        return parse_listen(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def _run(
+    telemetry: tokenlat.Telemetry,
+    upstream: str,
+    host: str,
+    port: int,
+    fmt: str,
+    user_id_header: str,
+    request_id_header: str,
+    provider: str | None,
+    drain_timeout: float,
+) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
+            loop.add_signal_handler(signum, stop.set)
+    app = create_sidecar_app(
+        upstream,
+        telemetry.metrics,
+        fmt=fmt,
+        user_id_header=user_id_header or None,
+        request_id_header=request_id_header,
+        provider=provider,
+    )
+    runner, bound = await serve_sidecar(app, host, port, drain_timeout=drain_timeout)
+    try:
+        click.echo(f"{LISTENING_PREFIX}{_url(host, bound)} -> {upstream}")
+        click.get_text_stream("stdout").flush()  # a supervisor (or a test) waits for this line
+        await stop.wait()
+        begin_drain(app)
+    finally:
+        # Stops listening, lets in-flight streams finish for up to drain_timeout, then closes.
+        await runner.cleanup()
+
+
+@click.command()
+@click.option(
+    "--upstream",
+    required=True,
+    callback=_upstream,
+    metavar="URL",
+    help="Base URL of the model server, e.g. http://127.0.0.1:8000 (a path prefix is kept).",
+)
+@click.option(
+    "--listen",
+    default="127.0.0.1:9000",
+    show_default=True,
+    callback=_listen,
+    metavar="HOST:PORT",
+    help="Address to serve on; port 0 picks a free one (the listening line says which).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", *FORMATS]),
+    default="auto",
+    show_default=True,
+    help="Stream format; auto detects it per response from the path, content type and first bytes.",
+)
+@click.option(
+    "--user-id-header",
+    default="x-user-id",
+    show_default=True,
+    help="Request header with the end user's id (hashed onto the span when TOKENLAT_USER_ID_KEY is set; never "
+    "a metric attribute). Empty: none.",
+)
+@click.option(
+    "--request-id-header",
+    default="x-request-id",
+    show_default=True,
+    help="Request header with the request id (span attribute only).",
+)
+@click.option("--provider", help="gen_ai.provider.name (vllm, sglang ...); default: the stream format's name.")
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds in-flight streams get to finish after SIGTERM/SIGINT.",
+)
+def sidecar(
+    upstream: str,
+    listen: tuple[str, int],
+    fmt: str,
+    user_id_header: str,
+    request_id_header: str,
+    provider: str | None,
+    drain_timeout: float,
+) -> None:
+    """Proxy a model server and record the token latency of its streams, without touching the server.
+
+    Clients get exactly the bytes the server sends. Telemetry is set up by tokenlat.configure() from the
+    OTEL_* and TOKENLAT_* environment variables. The sidecar's own endpoints are GET /-/tokenlat/health and
+    GET /-/tokenlat/stats. On SIGTERM or SIGINT it stops accepting, drains in-flight streams, flushes the
+    telemetry and exits 0.
+    """
+    host, port = listen
+    try:
+        telemetry = tokenlat.configure()
+    except tokenlat.ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        asyncio.run(
+            _run(telemetry, upstream, host, port, fmt, user_id_header, request_id_header, provider, drain_timeout)
+        )
+    except OSError as exc:  # the port is taken, the host does not resolve ...
+        raise click.ClickException(f"cannot listen on {_url(host, port)}: {exc}") from None
+    except KeyboardInterrupt:  # a SIGINT before the handlers were installed
+        pass
+    finally:
+        telemetry.shutdown()  # flushes the last export

@@ -1,0 +1,46 @@
+"""One-shot OTLP exports, to see whether the Collector's receiver accepts a given client."""
+
+from __future__ import annotations
+
+import time
+
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Metric,
+    MetricExportResult,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from tokenlat.configure import TLSFiles
+
+PROBE_METRIC = "tokenlat.verify.probe"
+
+
+def _probe_data() -> MetricsData:
+    now = time.time_ns()
+    point = NumberDataPoint(attributes={}, start_time_unix_nano=now, time_unix_nano=now, value=1)
+    metric = Metric(
+        name=PROBE_METRIC,
+        description="verify's TLS probe",
+        unit="1",
+        data=Sum([point], AggregationTemporality.CUMULATIVE, is_monotonic=True),
+    )
+    scope = ScopeMetrics(InstrumentationScope("tokenlat.verify"), [metric], schema_url="")
+    return MetricsData([ResourceMetrics(Resource.create({"service.name": "tokenlat-verify-probe"}), [scope], "")])
+
+
+def otlp_export_accepted(endpoint: str, tls: TLSFiles, timeout: float = 5.0) -> bool:
+    """Whether one OTLP/gRPC export with these TLS files succeeds (a refused handshake fails it, after retries
+    within ``timeout``)."""
+    exporter = OTLPMetricExporter(endpoint=endpoint, timeout=timeout, **tls.grpc_options())  # type: ignore[arg-type]
+    try:
+        return exporter.export(_probe_data(), timeout_millis=timeout * 1000) is MetricExportResult.SUCCESS
+    finally:
+        exporter.shutdown(timeout_millis=1000)
