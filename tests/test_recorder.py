@@ -291,3 +291,18 @@ def test_dropped_attributes_are_exported_as_a_counter(pipeline: Pipeline) -> Non
     pipeline.metrics.request({**MODEL, "http.route": "/x", "pod": "p-1"}).finish()
     (point,) = pipeline.collect()[DROPPED_ATTRIBUTES].data.data_points
     assert point.value == 2
+
+
+def test_exponential_scale_sets_the_resolution() -> None:
+    p = Pipeline(exponential=True, exponential_scale=8)
+    try:
+        play(p, [(0.5, 1), (0.51, 1)], end=1.0)
+        (dp,) = p.collect()[semconv.INTER_TOKEN_LATENCY].data.data_points
+        assert dp.scale == 8
+        assert {dp.positive.offset + i for i, c in enumerate(dp.positive.bucket_counts) if c} == {
+            exponential_index(8)(0.51 - 0.5)
+        }
+    finally:
+        p.close()
+    with pytest.raises(ValueError, match="between -4 and 8"):
+        TokenMetrics(exponential=True, exponential_scale=9)

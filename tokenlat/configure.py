@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.util.types import AttributeValue
 
-from tokenlat.histograms import TokenlatMetricExporter
+from tokenlat.histograms import EXPONENTIAL_SCALE, TokenlatMetricExporter
 from tokenlat.privacy import UserIdHasher
 from tokenlat.recorder import TokenMetrics
 
@@ -165,6 +165,7 @@ def configure(
     attributes: Mapping[str, AttributeValue] | None = None,
     spans: bool | None = None,
     histogram: str | None = None,
+    exponential_scale: int = EXPONENTIAL_SCALE,
     resource_attributes: Mapping[str, AttributeValue] | None = None,
     export_interval_millis: float | None = None,
     tls: TLSFiles | None = None,
@@ -212,5 +213,6 @@ def configure(
         attributes=process_attributes,
         user_id_hasher=hasher,
         exponential=histogram == "exponential",
+        exponential_scale=exponential_scale,
     )
     return Telemetry(token_metrics, meter_provider, tracer_provider)

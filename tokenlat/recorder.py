@@ -29,7 +29,7 @@ from opentelemetry.util.types import AttributeValue
 
 from tokenlat import semconv
 from tokenlat.attributes import AttributePolicy
-from tokenlat.histograms import MetricStore, RequestGaps, TokenlatMetricExporter
+from tokenlat.histograms import EXPONENTIAL_SCALE, MetricStore, RequestGaps, TokenlatMetricExporter
 from tokenlat.privacy import UserIdHasher
 
 Clock = Callable[[], float]
@@ -91,6 +91,7 @@ class TokenMetrics:
         policy: AttributePolicy | None = None,
         user_id_hasher: UserIdHasher | None = None,
         exponential: bool = False,
+        exponential_scale: int = EXPONENTIAL_SCALE,
         clock: Clock = time.perf_counter,
     ) -> None:
         provider = meter_provider if meter_provider is not None else get_meter_provider()
@@ -99,7 +100,7 @@ class TokenMetrics:
         self.attributes = self.policy.filter(attributes or {})
         self.hasher = user_id_hasher
         self.clock = clock
-        self.store = MetricStore(exponential=exponential)
+        self.store = MetricStore(exponential=exponential, scale=exponential_scale)
         # The one SDK instrument: observed at collection, never on the request path. It also guarantees that every
         # collection has SDK data, so the exporter is called and can carry the store's histograms.
         provider.get_meter("tokenlat").create_observable_counter(
