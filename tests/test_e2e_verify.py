@@ -102,6 +102,23 @@ def test_verify_mutual_tls_refuses_a_client_without_a_certificate(
     assert not list(tmp_path.glob("tokenlat-verify-*")), "certificates and keys must not outlive the run"
 
 
+def test_verify_via_sidecar_measures_from_outside(
+    collector_binary: Path, prometheus_binary: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.json"
+    result = _verify(["--profile", "local", "--via-sidecar", "--requests", "120", "--concurrency", "40",
+                      "--json", str(report)])  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "through the tokenlat sidecar" in result.stderr
+    checks = _checks(report)
+    assert all(c["passed"] for c in checks.values())
+    requests = checks["gen_ai_server_request_duration_seconds count (requests)"]
+    assert requests["observed"] == 120
+    output = checks["gen_ai_client_token_usage sum (output tokens)"]
+    itl = checks["gen_ai_server_inter_token_latency_seconds count (every token after the first)"]
+    assert itl["observed"] == output["observed"] - 120
+
+
 def test_verify_fails_when_the_pipeline_loses_information(
     collector_binary: Path, prometheus_binary: Path, tmp_path: Path
 ) -> None:

@@ -96,6 +96,11 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     help="explicit: classic Prometheus histograms; exponential: native histograms.",
 )
 @click.option(
+    "--via-sidecar",
+    is_flag=True,
+    help="Send the traffic through `tokenlat sidecar`, which measures it from outside, instead of the library.",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -112,6 +117,7 @@ def verify(
     output_tokens: str,
     deadline: float,
     histogram: str,
+    via_sidecar: bool,
     json_path: Path | None,
     keep: bool,
 ) -> None:
@@ -137,6 +143,7 @@ def verify(
         output_tokens=output_tokens,
         deadline=deadline,
         histogram=histogram,
+        via_sidecar=via_sidecar,
     )
     workdir = Path(tempfile.mkdtemp(prefix="tokenlat-verify-"))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -60,7 +60,7 @@ async def _one_request(
     url: str,
     model: str,
     rng: random.Random,
-    metrics: TokenMetrics,
+    metrics: TokenMetrics | None,
     attributes: Mapping[str, str],
     gaps: list[float],
 ) -> RequestTiming:
@@ -76,14 +76,12 @@ async def _one_request(
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")
         usage: dict[str, Any] = {}
-        stream = wrap_async_stream(
-            _events(response, usage),
-            metrics,
-            attributes=attributes,
-            input_tokens=words,
-            count_tokens=openai_chunk_tokens,
-            start=truth.start,
-        )
+        stream = _events(response, usage)
+        if metrics is not None:  # None: something outside this process measures (the sidecar)
+            stream = wrap_async_stream(
+                stream, metrics, attributes=attributes, input_tokens=words, count_tokens=openai_chunk_tokens,
+                start=truth.start,
+            )  # fmt: skip
         last: float | None = None
         async for event in stream:
             tokens = openai_chunk_tokens(event)
@@ -107,7 +105,7 @@ async def run_load(
     url: str,
     total: int,
     concurrency: int,
-    metrics: TokenMetrics,
+    metrics: TokenMetrics | None,
     attributes: Mapping[str, str],
     model: str,
     seed: int,

@@ -34,6 +34,7 @@ from tokenlat_cli.verify.services import (
     Prometheus,
     start_collector,
     start_prometheus,
+    start_sidecar,
     start_synthetic,
 )
 
@@ -52,6 +53,8 @@ class VerifySettings:
     deadline: float = 60.0
     #: "explicit" (classic Prometheus histograms) or "exponential" (native histograms).
     histogram: str = "explicit"
+    #: Send the traffic through `tokenlat sidecar`, which then does the measuring, instead of the library.
+    via_sidecar: bool = False
     export_interval: float = 1.0
 
 
@@ -181,7 +184,9 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
             started, f"OTLP gRPC on {deployment.otlp_endpoint}{' (mutual TLS)' if deployment.mutual_tls else ''}"
         )
 
-        started = stages.begin("starting the synthetic model server")
+        started = stages.begin(
+            "starting the synthetic model server" + (" and the tokenlat sidecar" if settings.via_sidecar else "")
+        )
         synthetic_args = [
             f"--seed={settings.seed}",
             f"--ttft={settings.ttft}",
@@ -191,17 +196,7 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
         server = start_synthetic(group, workdir, synthetic_args)
         stages.end(started, server.url)
 
-        started = stages.begin(
-            f"streaming {settings.requests} chat completions, {settings.concurrency} at a time, "
-            "through the tokenlat instrumentation"
-        )
-        telemetry = _telemetry(deployment, settings.export_interval, settings.histogram)
-        try:
-            load = _drive(server.url, settings, telemetry.metrics, echo)
-        finally:
-            # Also on Ctrl-C: the final export reaches the Collector while it is still running.
-            telemetry.shutdown()
-        stages.end(started, f"{len(load.truths)} succeeded, {len(load.failures)} failed; metrics flushed")
+        load = _run_traffic(group, workdir, server.url, deployment, settings, stages, echo)
 
         started = stages.begin(f"waiting for the data in Prometheus (up to {settings.deadline:.0f}s)")
         client = checks.PrometheusClient(prometheus.url)
@@ -214,6 +209,64 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
         stages.end(started)
         stages.begin("stopping services")
     return report
+
+
+def _sidecar_env(deployment: LocalDeployment, settings: VerifySettings) -> dict[str, str]:
+    """The sidecar's telemetry setup, in the OpenTelemetry variables an operator would set."""
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": deployment.otlp_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_METRIC_EXPORT_INTERVAL": str(int(settings.export_interval * 1000)),
+        "OTEL_SERVICE_NAME": "tokenlat-verify-sidecar",
+        "TOKENLAT_HISTOGRAM": settings.histogram,
+        # Nothing of the caller's own tokenlat setup may change what is being verified.
+        "TOKENLAT_ATTRIBUTES": "",
+        "TOKENLAT_SPANS": "false",
+    }
+    tls = deployment.client_tls
+    if tls is not None:
+        env["OTEL_EXPORTER_OTLP_CERTIFICATE"] = tls.ca_file or ""
+        if tls.client_certificate_file and tls.client_key_file:
+            env["OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"] = tls.client_certificate_file
+            env["OTEL_EXPORTER_OTLP_CLIENT_KEY"] = tls.client_key_file
+    return env
+
+
+def _run_traffic(
+    group: ProcessGroup,
+    workdir: Path,
+    model_url: str,
+    deployment: LocalDeployment,
+    settings: VerifySettings,
+    stages: Stages,
+    echo: Echo,
+) -> LoadResult:
+    """The load, measured by the library in this process, or by a `tokenlat sidecar` it passes through."""
+    if settings.via_sidecar:
+        sidecar = start_sidecar(group, workdir, model_url, _sidecar_env(deployment, settings))
+        started = stages.begin(
+            f"streaming {settings.requests} chat completions, {settings.concurrency} at a time, "
+            f"through the tokenlat sidecar ({sidecar.url})"
+        )
+        try:
+            load = _drive(sidecar.url, settings, None, echo)
+        finally:
+            # SIGTERM: the sidecar drains and flushes its last export while the Collector still runs.
+            sidecar.process.stop()
+        stages.end(started, f"{len(load.truths)} succeeded, {len(load.failures)} failed; sidecar stopped and flushed")
+        return load
+    started = stages.begin(
+        f"streaming {settings.requests} chat completions, {settings.concurrency} at a time, "
+        "through the tokenlat instrumentation"
+    )
+    telemetry = _telemetry(deployment, settings.export_interval, settings.histogram)
+    try:
+        load = _drive(model_url, settings, telemetry.metrics, echo)
+    finally:
+        # Also on Ctrl-C: the final export reaches the Collector while it is still running.
+        telemetry.shutdown()
+    stages.end(started, f"{len(load.truths)} succeeded, {len(load.failures)} failed; metrics flushed")
+    return load
 
 
 def _mutual_tls_checks(deployment: LocalDeployment) -> list[checks.Check]:
@@ -231,7 +284,7 @@ def _mutual_tls_checks(deployment: LocalDeployment) -> list[checks.Check]:
     return rows
 
 
-def _drive(url: str, settings: VerifySettings, metrics: TokenMetrics, echo: Echo) -> LoadResult:
+def _drive(url: str, settings: VerifySettings, metrics: TokenMetrics | None, echo: Echo) -> LoadResult:
     step = max(1, settings.requests // 5)
 
     def progress(done: int, total: int) -> None:

@@ -12,6 +12,7 @@ import requests
 
 from tokenlat.synthetic import LISTENING_PREFIX
 from tokenlat_cli.collector import find_collector
+from tokenlat_cli.commands.sidecar import LISTENING_PREFIX as SIDECAR_LISTENING_PREFIX
 from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, ServiceError, free_port
 
 PROMETHEUS_ENV = "PROMETHEUS_BIN"
@@ -106,24 +107,38 @@ class CollectorEndpoints:
 
 
 @dataclass
-class SyntheticServer:
+class ListeningService:
+    """A child process that announces its URL with one line on stdout."""
+
     process: ManagedProcess
     url: str
 
 
-def start_synthetic(group: ProcessGroup, workdir: Path, args: list[str]) -> SyntheticServer:
-    """The synthetic model server in its own process, so that its timers do not share the load's event loop."""
-    log_path = workdir / "synthetic.log"
-    argv = [sys.executable, "-m", "tokenlat.synthetic", "--host", "127.0.0.1", "--port", "0", *args]
-    process = group.start("synthetic model server", argv, log_path)
+def _start_listening(
+    group: ProcessGroup, name: str, argv: list[str], log_path: Path, prefix: str, env: dict[str, str] | None = None
+) -> ListeningService:
+    process = group.start(name, argv, log_path, env=env)
     found: list[str] = []
 
     def listening() -> bool:
         for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith(LISTENING_PREFIX):
-                found.append(line[len(LISTENING_PREFIX) :].strip())
+            if line.startswith(prefix):
+                # "... listening on URL" or "... listening on URL -> UPSTREAM"
+                found.append(line[len(prefix) :].split(" -> ")[0].strip())
                 return True
         return False
 
     process.wait_until(listening, START_TIMEOUT, "listening")
-    return SyntheticServer(process, found[0])
+    return ListeningService(process, found[0])
+
+
+def start_synthetic(group: ProcessGroup, workdir: Path, args: list[str]) -> ListeningService:
+    """The synthetic model server in its own process, so that its timers do not share the load's event loop."""
+    argv = [sys.executable, "-m", "tokenlat.synthetic", "--host", "127.0.0.1", "--port", "0", *args]
+    return _start_listening(group, "synthetic model server", argv, workdir / "synthetic.log", LISTENING_PREFIX)
+
+
+def start_sidecar(group: ProcessGroup, workdir: Path, upstream: str, env: dict[str, str]) -> ListeningService:
+    """`tokenlat sidecar` in front of the model server, as an operator runs it; ``env`` carries its telemetry setup."""
+    argv = [sys.executable, "-m", "tokenlat_cli", "sidecar", "--upstream", upstream, "--listen", "127.0.0.1:0"]
+    return _start_listening(group, "tokenlat sidecar", argv, workdir / "sidecar.log", SIDECAR_LISTENING_PREFIX, env)
