@@ -638,15 +638,20 @@ def markdown_figures(result: Result, command: str) -> str:
 SECTION_HEADING = "## Hot path: CPU per streamed token"
 
 
-def write_markdown(path: Path, figures: str) -> None:
-    """Replace what is between the markers in ``path`` (creating the file, or appending the section, as needed)."""
+def write_markdown(
+    path: Path, figures: str, *, begin: str = BEGIN, end: str = END, heading: str = SECTION_HEADING
+) -> None:
+    """Replace what is between the markers in ``path`` (creating the file, or appending the section, as needed).
+
+    ``begin``, ``end`` and ``heading`` default to this benchmark's; other benchmarks pass their own.
+    """
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN not in text or END not in text:
-        text = f"{text.rstrip()}\n\n{SECTION_HEADING}\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    if begin not in text or end not in text:
+        text = f"{text.rstrip()}\n\n{heading}\n\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{head}{BEGIN}\n{figures}\n{END}{tail}")
+    path.write_text(f"{head}{begin}\n{figures}\n{end}{tail}")
 
 
 # --- entry point ----------------------------------------------------------------------------------------------

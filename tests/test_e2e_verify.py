@@ -47,7 +47,8 @@ def test_verify_local_profile_passes(collector_binary: Path, prometheus_binary: 
         env={"TMPDIR": str(tmp_path)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for stage in ("[1/7] starting Prometheus", "[5/7] streaming 200", "200/200 requests done", "[7/7] stopping"):
+    stages = ("[1/7] starting the prometheus backend", "[5/7] streaming 200", "200/200 requests done", "[7/7] stopping")
+    for stage in stages:
         assert stage in result.stderr
     assert "verify PASSED" in result.stdout
     checks = _checks(report)
@@ -216,7 +217,7 @@ def test_sigterm_stops_every_process_and_removes_the_temp_dir(
         (["--profile", "local", "--requests", "0"], "Invalid value for '--requests': 0 is not in the range x>=1."),
         (["--profile", "local", "--ttft", "gamma:1"], "Invalid value for '--ttft': invalid distribution 'gamma:1'"),
         (["--profile", "local", "--output-tokens", "9-3"], "Invalid value for '--output-tokens': '9-3': need 1 <= LO"),
-        (["--profile", str(DATA / "full.yaml")], "verify cannot yet stand up backend auth, a traces pipeline"),
+        (["--profile", str(DATA / "bearer.yaml")], "backend.auth.kind bearer: no local receiver here checks bearer"),
         (["--profile", "nosuch"], "no such built-in profile"),
     ],
 )
@@ -235,3 +236,24 @@ def test_missing_collector_says_how_to_build_it(monkeypatch: pytest.MonkeyPatch,
     result = CliRunner().invoke(cli, ["verify", "--profile", "local"])
     assert result.exit_code == 1
     assert "run `make collector`" in result.output
+
+
+@pytest.mark.parametrize("profile", ["aliyun", "tencent", "thanos", "selfhosted"])
+def test_verify_each_builtin_profile_against_its_real_receiver(
+    collector_binary: Path, prometheus_binary: Path, profile: str, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.json"
+    result = _verify(["--profile", profile, "--requests", "60", "--concurrency", "30", "--json", str(report)],
+                     env={"TMPDIR": str(tmp_path)})  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    checks = _checks(report)
+    assert all(c["passed"] for c in checks.values()), [c for c in checks.values() if not c["passed"]]
+    assert checks["gen_ai_server_request_duration_seconds count (requests)"]["observed"] == 60
+    if profile in ("aliyun", "tencent", "thanos"):  # a credential: basic auth, or thanos' client certificate
+        assert checks["wrong backend credential fails visibly"]["observed"].endswith(", 0 arrived")
+    if profile == "aliyun":  # mutual TLS for services, tail-sampled traces
+        assert checks["OTLP client without a client certificate"]["observed"] == "rejected"
+        assert checks["traces kept: VIP tier"]["passed"] and checks["user ids de-identified in traces"]["passed"]
+    if profile == "thanos":
+        assert checks["requests stored under tenant_id=llm-inference"]["observed"] == 60
+    assert not list(tmp_path.glob("tokenlat-verify-*"))

@@ -58,7 +58,7 @@ def test_missing_file(runner: CliRunner, tmp_path: Path) -> None:
             "backend.headers.Authorization: looks like a literal secret; reference an environment variable "
             "instead, e.g. ${env:MY_TOKEN}",
         ),
-        (MINIMAL + "  colour: blue\n", "backend.colour: unknown field (known here: kind, endpoint, auth"),
+        (MINIMAL + "  colour: blue\n", "backend.colour: unknown field (known here: kind, endpoint, tenant, tls"),
         (MINIMAL + "pipeline:\n  batch: {timeout: 5}\n", "pipeline.batch.timeout: must be a string, got int"),
         (
             MINIMAL + "pipeline:\n  batch: {timeout: soon}\n",
@@ -86,6 +86,32 @@ def test_missing_file(runner: CliRunner, tmp_path: Path) -> None:
             "traces.sample_percentage: must be at most 100.0, got 150",
         ),
         (MINIMAL + "receiver:\n  grpc_endpoint: 4317\n", "receiver.grpc_endpoint: must be a string, got int"),
+        (
+            "backend:\n  endpoint: https://user:pa55@example.invalid/api/v1/write\n",
+            "backend.endpoint: credentials in the URL are a literal secret; use backend.auth with an environment "
+            "variable",
+        ),
+        (MINIMAL + "  tenant: t1\n", "backend.tenant: only applies when backend.kind is thanos"),
+        (
+            MINIMAL + "  tls: {cert_file: /c.pem}\n",
+            "backend.tls.key_file: a client certificate needs both cert_file and key_file",
+        ),
+        (
+            MINIMAL + "metrics:\n  cardinality: {tokenlat.scene: 3}\n  attributes: [gen_ai.request.model]\n",
+            "metrics.cardinality.tokenlat.scene: is not in metrics.attributes",
+        ),
+        (
+            MINIMAL + "metrics:\n  cardinality: {gen_ai.request.model: 0}\n",
+            "metrics.cardinality.gen_ai.request.model: must be at least 1",
+        ),
+        (
+            "extends: nosuch\n",
+            "extends: must name a built-in profile (aliyun, local, selfhosted, tencent, thanos), got 'nosuch'",
+        ),
+        (
+            MINIMAL + "  kind: mimir\n",
+            "backend.kind: must be one of aliyun, prometheus, tencent, thanos, victoriametrics",
+        ),
     ],
 )
 def test_schema_errors_name_file_field_and_reason(runner: CliRunner, tmp_path: Path, text: str, message: str) -> None:
@@ -125,3 +151,24 @@ def test_schema_reference_documents_every_field() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "profiles.md").read_text(encoding="utf-8")
     missing = [path for path, _ in PROFILE_SCHEMA.walk() if f"`{path}`" not in doc]
     assert not missing, f"docs/profiles.md does not document: {missing}"
+
+
+def test_extends_merges_over_a_builtin_profile(tmp_path: Path) -> None:
+    path = tmp_path / "prod.yaml"
+    path.write_text(
+        "extends: aliyun\nbackend:\n  timeout: 30s\ntraces:\n  sample_percentage: 1\n  gateways: []\n",
+        encoding="utf-8",
+    )
+    merged = load_profile(str(path)).data
+    base = load_profile("aliyun").data
+    assert merged["backend"]["timeout"] == "30s"
+    assert merged["backend"]["auth"] == base["backend"]["auth"]  # inherited
+    assert merged["traces"]["sample_percentage"] == 1.0 and merged["traces"]["gateways"] == []  # lists replace
+    assert merged["receiver"] == base["receiver"]
+    assert merged["extends"] == "aliyun"
+
+
+def test_literal_secrets_never_reach_a_rendered_builtin_config() -> None:
+    for name in builtin_names():
+        auth = load_profile(name).data["backend"]["auth"]
+        assert auth["kind"] == "none" or auth["credentials_env"] or auth["token_env"]

@@ -11,8 +11,9 @@ from click.testing import CliRunner
 
 from tests.conftest import DATA, REPO
 from tokenlat_cli.collector import validate_config
+from tokenlat_cli.configs import expected_configs
 from tokenlat_cli.main import cli
-from tokenlat_cli.profiles import builtin_names, load_profile
+from tokenlat_cli.profiles import load_profile
 from tokenlat_cli.render import render_collector_config
 
 GOLDEN = REPO / "tests" / "golden"
@@ -41,13 +42,14 @@ def test_render_matches_golden_file() -> None:
     )
 
 
-@pytest.mark.parametrize("name", builtin_names())
-def test_committed_config_has_not_drifted(name: str) -> None:
-    committed = REPO / "collector" / "configs" / f"{name}.yaml"
-    assert committed.is_file(), f"{committed} is missing: run `make configs`"
-    assert committed.read_text(encoding="utf-8") == render_collector_config(load_profile(name)), (
-        f"{committed} differs from a fresh render of the {name} profile: run `make configs` and commit"
-    )
+def test_committed_configs_have_not_drifted() -> None:
+    directory = REPO / "collector" / "configs"
+    expected = expected_configs()
+    assert sorted(p.name for p in directory.glob("*.yaml")) == sorted(expected), "run `make configs` and commit"
+    for name, text in expected.items():
+        assert (directory / name).read_text(encoding="utf-8") == text, (
+            f"collector/configs/{name} differs from a fresh render: run `make configs` and commit"
+        )
 
 
 def test_render_is_deterministic_and_yaml() -> None:
@@ -76,13 +78,17 @@ def test_output_file_written_and_stdout_identical(runner: CliRunner, tmp_path: P
     to_file = runner.invoke(cli, ["render", "--profile", "local", "-o", str(out)])
     to_stdout = runner.invoke(cli, ["render", "--profile", "local"])
     assert to_file.exit_code == 0 and to_stdout.exit_code == 0
-    assert out.read_text(encoding="utf-8") == to_stdout.output
+    assert out.read_text(encoding="utf-8") == to_stdout.stdout
     assert sorted(p.name for p in out.parent.iterdir()) == ["local.yaml"]
 
 
-@pytest.mark.parametrize("profile", [*builtin_names(), str(DATA / "full.yaml")])
-def test_built_collector_accepts_rendered_config(collector_binary: Path, profile: str) -> None:
-    validate_config(render_collector_config(load_profile(profile)))
+@pytest.mark.parametrize("name", sorted(expected_configs()))
+def test_built_collector_accepts_every_committed_config(collector_binary: Path, name: str) -> None:
+    validate_config(expected_configs()[name])
+
+
+def test_built_collector_accepts_the_full_profile(collector_binary: Path) -> None:
+    validate_config(render_collector_config(load_profile(str(DATA / "full.yaml"))))
 
 
 def test_built_collector_rejects_a_broken_config(collector_binary: Path) -> None:

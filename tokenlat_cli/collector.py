@@ -12,6 +12,8 @@ from tokenlat_cli.render import env_vars_referenced
 
 BINARY_NAME = "tokenlat-otelcol"
 BINARY_ENV = "TOKENLAT_OTELCOL_BIN"
+# What a referenced but unset variable holds during validation: URL-shaped, as endpoints must be.
+VALIDATE_PLACEHOLDER = "https://validate.placeholder.invalid/tokenlat"
 # Where `make collector` builds it, in a source checkout.
 _SOURCE_BUILD = Path(__file__).resolve().parents[1] / "collector" / "_build" / BINARY_NAME
 
@@ -45,7 +47,7 @@ def validate_config(text: str) -> None:
     binary = find_collector()
     env = dict(os.environ)
     for var in env_vars_referenced(text):
-        env.setdefault(var, "validate-placeholder")
+        env.setdefault(var, VALIDATE_PLACEHOLDER)
     with tempfile.TemporaryDirectory(prefix="tokenlat-validate-") as tmp:
         config = Path(tmp) / "config.yaml"
         config.write_text(text, encoding="utf-8")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -25,6 +26,7 @@ from tokenlat_cli.schema import (
     Enum,
     Float,
     Int,
+    IntMap,
     List,
     Obj,
     SchemaError,
@@ -67,6 +69,25 @@ def _check_auth(auth: dict[str, Any], path: str) -> None:
             raise SchemaError(f"{path}.{name}", f"does not apply when {path}.kind is {auth['kind']}")
 
 
+BACKEND_KINDS = ("prometheus", "aliyun", "tencent", "thanos", "victoriametrics")
+
+
+def _check_client_tls(tls: dict[str, Any], path: str) -> None:
+    if bool(tls["cert_file"]) != bool(tls["key_file"]):
+        missing = "key_file" if tls["cert_file"] else "cert_file"
+        raise SchemaError(f"{path}.{missing}", "a client certificate needs both cert_file and key_file")
+
+
+def _check_backend(backend: dict[str, Any], path: str) -> None:
+    if urlsplit(backend["endpoint"]).username is not None:
+        raise SchemaError(
+            f"{path}.endpoint",
+            "credentials in the URL are a literal secret; use backend.auth with an environment variable",
+        )
+    if backend["tenant"] and backend["kind"] != "thanos":
+        raise SchemaError(f"{path}.tenant", "only applies when backend.kind is thanos")
+
+
 def _check_receiver_tls(tls: dict[str, Any], path: str) -> None:
     if tls["enabled"]:
         for name in ("cert_file", "key_file"):
@@ -91,6 +112,10 @@ ID_LIKE_ATTRIBUTE = re.compile(r"(^|[._])(request|req|trace|span|session|convers
 
 
 def _check_allowlist(profile: dict[str, Any], path: str) -> None:
+    allowed = profile["metrics"]["attributes"]
+    for key in profile["metrics"]["cardinality"]:
+        if key not in allowed:
+            raise SchemaError(f"metrics.cardinality.{key}", "is not in metrics.attributes")
     user_ids = set(profile["deidentification"]["user_id_attributes"])
     for i, key in enumerate(profile["metrics"]["attributes"]):
         if key in user_ids or ID_LIKE_ATTRIBUTE.search(key):
@@ -112,19 +137,50 @@ _file = Str(doc="Path to a PEM file as seen by the Collector.", default="")
 PROFILE_SCHEMA = Obj(
     doc="A tokenlat profile.",
     fields={
+        "extends": Str(
+            doc="A built-in profile this one starts from; the fields given here override its fields.", default=""
+        ),
         "description": Str(doc="One line shown by `tokenlat profiles`.", default=""),
         "backend": Obj(
             doc="Where metrics go: a Prometheus remote-write receiver.",
             fields={
                 "kind": Enum(
-                    doc="The backend family; decides remote-write details.",
-                    choices=("prometheus",),
+                    doc="The backend family: what verify stands up for it, and its remote-write details.",
+                    choices=BACKEND_KINDS,
                     default="prometheus",
                 ),
                 "endpoint": Str(
-                    doc="Remote-write URL (http or https), or a ${env:VAR} reference.",
+                    doc="Remote-write URL (http or https, no credentials in it), or a ${env:VAR} reference.",
                     pattern=re.compile(URL.pattern + "|" + r"^\$\{env:[A-Za-z_][A-Za-z0-9_]*\}$"),
                     pattern_hint="an http(s) URL",
+                ),
+                "tenant": Str(doc="thanos: the tenant, sent in the THANOS-TENANT header.", default=""),
+                "tls": Obj(
+                    doc="TLS to the backend: a private CA, and a client certificate where the backend asks for one.",
+                    fields={
+                        "ca_file": _file,
+                        "cert_file": _file,
+                        "key_file": _file,
+                        "insecure_skip_verify": Bool(
+                            doc="Do not verify the backend's certificate (tests only).", default=False
+                        ),
+                    },
+                    check=_check_client_tls,
+                ),
+                "wal": Obj(
+                    doc="A write-ahead log on disk, so a Collector restart or a backend outage loses no data.",
+                    fields={
+                        "enabled": Bool(doc="Write to the WAL before sending.", default=False),
+                        "directory": Str(doc="WAL directory (a persistent volume).", default="/var/lib/tokenlat/wal"),
+                        "flush_interval": Str(
+                            doc="Send what the WAL holds at least this often: the WAL delays delivery up to this long.",
+                            default="15s",
+                            **_duration,
+                        ),
+                        "buffer_size": Int(
+                            doc="Or as soon as it holds this many write requests.", default=300, minimum=1
+                        ),
+                    },
                 ),
                 "auth": Obj(
                     doc="Credentials, always by environment variable name; never literal.",
@@ -147,7 +203,9 @@ PROFILE_SCHEMA = Obj(
                     doc="Parallel remote-write requests for a large batch.", default=5, minimum=1, maximum=64
                 ),
                 "retry_max_elapsed": Str(doc="Give up retrying a batch after this long.", default="300s", **_duration),
+                "retry_max_interval": Str(doc="Longest wait between two retries.", default="30s", **_duration),
             },
+            check=_check_backend,
         ),
         "receiver": Obj(
             doc="The OTLP receiver the instrumented services send to.",
@@ -196,6 +254,11 @@ PROFILE_SCHEMA = Obj(
                     item=Str(),
                     default=DEFAULT_METRIC_ATTRIBUTES,
                 ),
+                "cardinality": IntMap(
+                    doc="Distinct values expected per allowlisted attribute; render reports the series they allow.",
+                    default={},
+                    minimum=1,
+                ),
             },
         ),
         "deidentification": Obj(
@@ -212,7 +275,14 @@ PROFILE_SCHEMA = Obj(
             fields={
                 "enabled": Bool(doc="Render a traces pipeline.", default=False),
                 "endpoint": Str(doc="OTLP/gRPC endpoint of the trace backend.", default="", **_host_port),
-                "insecure": Bool(doc="Plain-text gRPC to the trace backend.", default=False),
+                "insecure": Bool(
+                    doc="Plain-text gRPC to the trace backend (or, for agents, to the gateways).", default=False
+                ),
+                "gateways": List(
+                    doc="Two-tier layout: the gateways (host:port) agents route traces to (`render --role agent`).",
+                    item=Str(**_host_port),
+                    default=[],
+                ),
                 "decision_wait": Str(doc="How long a trace is held before deciding.", default="10s", **_duration),
                 "vip_attribute": Str(doc="Span attribute naming the user tier.", default="tokenlat.user.tier"),
                 "vip_values": List(doc="Tiers kept at 100%.", item=Str(), default=["vip"]),
@@ -271,16 +341,49 @@ def resolve(name_or_path: str) -> Path:
     return path
 
 
-def load_profile(name_or_path: str) -> Profile:
-    path = resolve(name_or_path)
-    source = str(path) if path.parent != builtin_dir() else f"built-in profile {path.stem} ({path})"
+def _read_yaml(path: Path, source: str) -> Any:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ProfileError(source, where, f"invalid YAML: {problem}") from None
+
+
+def _merge(base: Any, override: Any) -> Any:
+    """``override`` on top of ``base``: mappings merge key by key, anything else (lists too) is replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{key: _merge(base.get(key), value) for key, value in override.items()}}
+    return override
+
+
+def _source(path: Path) -> str:
+    return str(path) if path.parent != builtin_dir() else f"built-in profile {path.stem} ({path})"
+
+
+def _resolve_extends(raw: Any, source: str, seen: tuple[str, ...]) -> Any:
+    """The raw profile with its ``extends`` chain merged in (built-in profiles only, no cycles)."""
+    if not isinstance(raw, dict) or not raw.get("extends"):
+        return raw
+    base_name = raw["extends"]
+    if not isinstance(base_name, str) or base_name not in builtin_names():
+        raise ProfileError(
+            source, "extends", f"must name a built-in profile ({', '.join(builtin_names())}), got {base_name!r}"
+        )
+    if base_name in seen:
+        raise ProfileError(
+            source, "extends", f"profiles extend each other in a cycle: {' -> '.join((*seen, base_name))}"
+        )
+    base_path = builtin_dir() / f"{base_name}.yaml"
+    base = _resolve_extends(_read_yaml(base_path, _source(base_path)), _source(base_path), (*seen, base_name))
+    return _merge(base, raw)
+
+
+def load_profile(name_or_path: str) -> Profile:
+    path = resolve(name_or_path)
+    source = _source(path)
+    raw = _resolve_extends(_read_yaml(path, source), source, (path.stem,))
     try:
         data = PROFILE_SCHEMA.validate(raw, "")
     except SchemaError as exc:

@@ -15,6 +15,7 @@ from typing import Any
 
 import jinja2
 
+from tokenlat import semconv
 from tokenlat_cli.profiles import Profile
 
 _ENV_IN_TEXT = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)")
@@ -71,17 +72,71 @@ def _deidentify_statements(profile: dict[str, Any]) -> list[str]:
     return statements
 
 
-def template_context(profile: Profile) -> dict[str, Any]:
+ROLES = {
+    "standalone": "one Collector: metrics to the backend, traces tail-sampled here",
+    "agent": "node agent: metrics to the backend; traces de-identified and routed by trace id to the gateways",
+    "gateway": "gateway: tail-samples the traces the agents route to it (no metrics pipeline)",
+}
+
+
+class RenderError(ValueError):
+    """A profile that cannot be rendered for the role asked."""
+
+
+def _backend_headers(p: dict[str, Any]) -> dict[str, str]:
+    headers = dict(p["backend"]["headers"])
+    if p["backend"]["tenant"]:
+        headers["THANOS-TENANT"] = p["backend"]["tenant"]
+    return headers
+
+
+def _backend_tls(p: dict[str, Any]) -> dict[str, Any]:
+    tls = p["backend"]["tls"]
+    rendered: dict[str, Any] = {key: tls[key] for key in ("ca_file", "cert_file", "key_file") if tls[key]}
+    if tls["insecure_skip_verify"]:
+        rendered["insecure_skip_verify"] = True
+    return rendered
+
+
+def template_context(profile: Profile, role: str = "standalone") -> dict[str, Any]:
     p = profile.data
-    auth = _auth(p)
-    extensions = ["health_check"] + (["bearertokenauth/backend"] if auth else [])
+    traces = p["traces"]["enabled"]
+    if role != "standalone" and not traces:
+        raise RenderError(
+            f"{profile.source}: --role {role} needs traces.enabled: true (the two-tier layout is for traces)"
+        )
+    if role == "agent" and not p["traces"]["gateways"]:
+        raise RenderError(f"{profile.source}: traces.gateways: --role agent needs the gateways' host:port addresses")
+    metrics_pipeline = role != "gateway"
+    deidentify = traces and role != "gateway"
+    tail_sampling = traces and role != "agent"
+    forward = traces and role == "agent"
+    traces_processors = [
+        name
+        for name, wanted in (
+            ("memory_limiter", traces),
+            ("transform/deidentify", deidentify),
+            ("tail_sampling", tail_sampling),
+            ("batch", traces),
+        )
+        if wanted
+    ]
+    auth = _auth(p) if metrics_pipeline else None
     allowlist = ", ".join(_ottl_string(key) for key in p["metrics"]["attributes"])
-    context: dict[str, Any] = {
+    return {
         "profile": profile,
         "p": p,
+        "role_flag": "" if role == "standalone" else f" --role {role}",
+        "role_description": ROLES[role],
+        "metrics_pipeline": metrics_pipeline,
+        "deidentify": deidentify,
+        "tail_sampling": tail_sampling,
+        "forward_traces": forward,
+        "traces_processors": traces_processors,
         "auth": auth,
-        "headers": p["backend"]["headers"],
-        "extension_names": extensions,
+        "headers": _backend_headers(p),
+        "backend_tls": _backend_tls(p),
+        "extension_names": ["health_check"] + (["bearertokenauth/backend"] if auth else []),
         "metric_allowlist_statement": f"keep_keys(datapoint.attributes, [{allowlist}])",
         "deidentify_statements": _deidentify_statements(p),
         "slow_ttft_condition": (
@@ -89,7 +144,6 @@ def template_context(profile: Profile) -> dict[str, Any]:
             f'span.attributes["gen_ai.response.time_to_first_chunk"] > {p["traces"]["slow_ttft_seconds"]}'
         ),
     }
-    return context
 
 
 def _environment() -> jinja2.Environment:
@@ -104,10 +158,36 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render_collector_config(profile: Profile) -> str:
+def render_collector_config(profile: Profile, role: str = "standalone") -> str:
     template = _environment().get_template("collector.yaml.j2")
-    body = template.render(template_context(profile), env_vars=[])
+    context = template_context(profile, role)
+    body = template.render(context, env_vars=[])
     # The header lists every variable the body references, so an operator sees them before deploying.
-    env_vars = env_vars_referenced(body)
-    text = template.render(template_context(profile), env_vars=env_vars)
-    return text
+    return template.render(context, env_vars=env_vars_referenced(body))
+
+
+def series_estimate(profile: Profile) -> tuple[int, list[str]]:
+    """Upper bound of the active series the allowlist lets the five histograms produce, from the declared
+    label-value counts; and the allowlisted attributes without a declared count (counted as 1)."""
+    p = profile.data
+    declared = p["metrics"]["cardinality"]
+    combos = 1
+    undeclared = []
+    for key in p["metrics"]["attributes"]:
+        if key in (semconv.GEN_AI_TOKEN_TYPE, semconv.ERROR_TYPE):
+            continue  # accounted for per metric below
+        if key in declared:
+            combos *= declared[key]
+        else:
+            undeclared.append(key)
+    error_types = declared.get(semconv.ERROR_TYPE, 1) + 1  # + the series without error.type
+    total = 0
+    for spec in semconv.ALL_METRICS:
+        buckets = len(spec.buckets) + 1 + 2  # classic: _bucket per bound and +Inf, _sum, _count
+        per_spec = combos
+        if spec is semconv.DURATION_SPEC:
+            per_spec *= error_types
+        if spec is semconv.TOKEN_USAGE_SPEC:
+            per_spec *= 2  # input, output
+        total += per_spec * buckets
+    return total, undeclared

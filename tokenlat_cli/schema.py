@@ -184,6 +184,23 @@ class StrMap(Node):
 
 
 @dataclass(frozen=True)
+class IntMap(Node):
+    """A mapping of string keys to integers (declared label-value counts)."""
+
+    minimum: int = 0
+
+    def validate(self, value: Any, path: str) -> Any:
+        if not isinstance(value, dict):
+            raise SchemaError(path, f"must be a mapping, got {_type_name(value)}")
+        for key, item in value.items():
+            Int(minimum=self.minimum).validate(item, _join(path, str(key)))
+        return dict(value)
+
+    def describe_type(self) -> str:
+        return "mapping of string to integer"
+
+
+@dataclass(frozen=True)
 class Obj(Node):
     """A mapping with known keys; unknown keys are errors, never ignored (a typo must not pass silently)."""
 

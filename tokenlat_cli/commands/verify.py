@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import tempfile
@@ -18,6 +19,9 @@ from tokenlat_cli.verify.processes import ServiceError
 from tokenlat_cli.verify.runner import UnsupportedProfile, VerifySettings, check_supported, run_verify
 
 DEFAULTS = VerifySettings()
+# gRPC's C core prints TLS handshake failures to stderr itself; verify provokes some on purpose (the mutual-TLS
+# probe) and reports every outcome in its table, so keep the core quiet unless the caller asked otherwise.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 
 def _distribution(ctx: click.Context, param: click.Parameter, value: str) -> str:

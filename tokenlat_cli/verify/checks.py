@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import requests
 
@@ -43,9 +44,23 @@ class Check:
 
 
 class PrometheusClient:
-    def __init__(self, url: str) -> None:
+    """Prometheus' query API (Prometheus, VictoriaMetrics and Thanos Query all serve it), with auth and TLS."""
+
+    def __init__(self, url: str, auth: tuple[str, str] | None = None, verify: str | bool = True) -> None:
         self.url = url
         self.session = requests.Session()
+        # Not the environment's proxies or CA bundle (REQUESTS_CA_BUNDLE would override ``verify``): these are
+        # this run's local services and certificates.
+        self.session.trust_env = False
+        self.session.auth = auth
+        self.session.verify = verify
+
+    def ok(self, path: str) -> bool:
+        """Whether GET ``path`` answers 200 (readiness probes)."""
+        try:
+            return self.session.get(f"{self.url}{path}", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
 
     def query(self, expr: str) -> list[dict[str, object]]:
         response = self.session.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
@@ -68,16 +83,24 @@ class PrometheusClient:
         return list(response.json()["data"])
 
 
+T = TypeVar("T")
+
+
+def poll(read: Callable[[], T], done: Callable[[T], bool], timeout: float, interval: float = 0.5) -> T:
+    """Call ``read`` until ``done`` says its value will do or the deadline passes; return the last value read."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = read()
+    return value
+
+
 def wait_for_value(
     read: Callable[[], float | None], expected: float, timeout: float, interval: float = 0.5
 ) -> float | None:
     """Poll until ``read()`` returns ``expected`` or the deadline passes; return the last value read."""
-    deadline = time.monotonic() + timeout
-    value = read()
-    while value != expected and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = read()
-    return value
+    return poll(read, lambda value: value == expected, timeout, interval)
 
 
 def true_quantile(values: Sequence[float], q: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
@@ -40,7 +41,12 @@ def otlp_export_accepted(endpoint: str, tls: TLSFiles, timeout: float = 5.0) -> 
     """Whether one OTLP/gRPC export with these TLS files succeeds (a refused handshake fails it, after retries
     within ``timeout``)."""
     exporter = OTLPMetricExporter(endpoint=endpoint, timeout=timeout, **tls.grpc_options())  # type: ignore[arg-type]
+    # A refusal is the expected outcome of some probes: the exporter's own error log would only alarm.
+    exporter_logger = logging.getLogger(OTLPMetricExporter.__module__.rsplit(".", 1)[0])
+    level = exporter_logger.level
+    exporter_logger.setLevel(logging.CRITICAL)
     try:
         return exporter.export(_probe_data(), timeout_millis=timeout * 1000) is MetricExportResult.SUCCESS
     finally:
         exporter.shutdown(timeout_millis=1000)
+        exporter_logger.setLevel(level)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,21 +25,24 @@ from tokenlat_cli.collector import validate_config
 from tokenlat_cli.profiles import Profile
 from tokenlat_cli.render import render_collector_config
 from tokenlat_cli.verify import checks
-from tokenlat_cli.verify.certs import make_certificates
+from tokenlat_cli.verify.backends import Backend, UnsupportedBackend, check_backend_supported, start_backend
+from tokenlat_cli.verify.certs import CertificateSet, make_certificates
 from tokenlat_cli.verify.load import LoadResult, run_load
 from tokenlat_cli.verify.probes import otlp_export_accepted
 from tokenlat_cli.verify.processes import ProcessGroup
 from tokenlat_cli.verify.report import Report
 from tokenlat_cli.verify.services import (
     CollectorEndpoints,
-    Prometheus,
     start_collector,
-    start_prometheus,
     start_sidecar,
     start_synthetic,
 )
+from tokenlat_cli.verify.traces import start_trace_sink, trace_checks
 
 Echo = Callable[[str], None]
+TRACE_DECISION_WAIT = "1s"
+WRONG_CREDENTIAL_REQUESTS = 5
+WRONG_CREDENTIAL_RETRY = "3s"
 
 
 @dataclass(frozen=True)
@@ -63,20 +67,17 @@ class UnsupportedProfile(ValueError):
 
 
 def check_supported(profile: Profile) -> None:
-    """Fail before starting anything when the profile needs what verify cannot stand up locally yet."""
-    unsupported = [
-        reason
-        for reason, present in (
-            ("backend auth", profile.data["backend"]["auth"]["kind"] != "none"),
-            ("a traces pipeline", profile.data["traces"]["enabled"]),
-        )
-        if present
-    ]
-    if unsupported:
-        raise UnsupportedProfile(
-            f"{profile.source}: verify cannot yet stand up {', '.join(unsupported)} locally; "
-            "use a profile without them (e.g. --profile local)"
-        )
+    """Fail before starting anything when the profile needs what verify cannot stand up locally."""
+    try:
+        check_backend_supported(profile.data)
+    except UnsupportedBackend as exc:
+        raise UnsupportedProfile(f"{profile.source}: verify cannot check this profile locally: {exc}") from None
+
+
+def _without_traces(profile: Profile) -> Profile:
+    data = copy.deepcopy(profile.data)
+    data["traces"]["enabled"] = False
+    return Profile(profile.name, profile.source, data)
 
 
 @dataclass(frozen=True)
@@ -90,13 +91,31 @@ class LocalDeployment:
 
 
 def local_deployment(
-    profile: Profile, prometheus: Prometheus, endpoints: CollectorEndpoints, workdir: Path
+    profile: Profile,
+    backend: Backend,
+    endpoints: CollectorEndpoints,
+    certs: CertificateSet,
+    workdir: Path,
+    trace_sink: str | None = None,
 ) -> LocalDeployment:
-    """The same profile and pipeline, with every address pointed at this run's local services and free ports, and
-    the receiver's TLS files (when it has TLS) replaced by certificates made for this run."""
+    """The same profile and pipeline, with every address pointed at this run's services and free ports, and every
+    TLS file replaced by the certificates made for this run (the backend's CA and client certificate, the
+    receiver's server certificate and client CA). Traces go to ``trace_sink`` and are decided after 1 s instead of
+    the profile's decision_wait, to keep the run short."""
     check_supported(profile)
     data = copy.deepcopy(profile.data)
-    data["backend"]["endpoint"] = prometheus.remote_write_url
+    if data["traces"]["enabled"]:
+        if trace_sink is None:
+            raise ValueError("a profile with traces needs a trace sink")
+        data["traces"].update(endpoint=trace_sink, insecure=True, decision_wait=TRACE_DECISION_WAIT)
+    data["backend"]["endpoint"] = backend.write_url
+    if data["backend"]["wal"]["enabled"]:
+        # A WAL of this run only: one left by an earlier run would be replayed into this run's backend.
+        data["backend"]["wal"]["directory"] = str(workdir / "wal")
+    backend_tls = data["backend"]["tls"]
+    backend_tls.update(ca_file=backend.ca_file or "", insecure_skip_verify=False)
+    cert, key = backend.client_cert or ("", "")
+    backend_tls.update(cert_file=cert, key_file=key)
     data["receiver"]["grpc_endpoint"] = endpoints.otlp_grpc
     data["receiver"]["http_endpoint"] = endpoints.otlp_http
     data["service"]["health_endpoint"] = endpoints.health
@@ -104,11 +123,9 @@ def local_deployment(
     data["service"]["telemetry_host"] = host
     data["service"]["telemetry_port"] = int(port)
     tls = data["receiver"]["tls"]
+    local = Profile(profile.name, profile.source, data)
     if not tls["enabled"]:
-        return LocalDeployment(
-            Profile(profile.name, profile.source, data), f"http://{endpoints.otlp_grpc}", None, False
-        )
-    certs = make_certificates(workdir / "certs")
+        return LocalDeployment(local, f"http://{endpoints.otlp_grpc}", None, False)
     mutual = bool(tls["client_ca_file"])
     tls.update(cert_file=str(certs.server_cert), key_file=str(certs.server_key))
     if mutual:
@@ -118,9 +135,7 @@ def local_deployment(
         client_certificate_file=str(certs.client_cert) if mutual else None,
         client_key_file=str(certs.client_key) if mutual else None,
     )
-    return LocalDeployment(
-        Profile(profile.name, profile.source, data), f"https://{endpoints.otlp_grpc}", client, mutual
-    )
+    return LocalDeployment(local, f"https://{endpoints.otlp_grpc}", client, mutual)
 
 
 def _telemetry(deployment: LocalDeployment, interval: float, histogram: str) -> Telemetry:
@@ -167,19 +182,25 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
     stages = Stages(echo, 7)
     report = Report(profile=profile.name, settings=asdict(settings))
     with ProcessGroup() as group:
-        started = stages.begin("starting Prometheus (remote-write receiver on)")
-        prometheus = start_prometheus(group, workdir)
-        stages.end(started, prometheus.url)
+        certs = make_certificates(workdir / "certs")
+        started = stages.begin(f"starting the {profile.data['backend']['kind']} backend's receiver")
+        backend = start_backend(group, workdir, profile.data, certs)
+        stages.end(started, f"{backend.description} at {backend.write_url}")
 
         started = stages.begin(f"rendering profile {profile.name} for local services and validating it")
         endpoints = CollectorEndpoints.pick()
-        deployment = local_deployment(profile, prometheus, endpoints, workdir)
+        sink = start_trace_sink(group, workdir) if profile.data["traces"]["enabled"] else None
+        deployment = local_deployment(profile, backend, endpoints, certs, workdir, sink.otlp_endpoint if sink else None)
         config = render_collector_config(deployment.profile)
         validate_config(config)
         stages.end(started, str(workdir / "collector.yaml"))
 
         started = stages.begin("starting the tokenlat Collector")
-        collector = start_collector(group, workdir, config, endpoints, env={})
+        # A fresh salt for the de-identification hash, and the backend credentials, in the environment variables
+        # the profile names, as an operator would set them (never in the config).
+        salt = secrets.token_hex(16)
+        env = {profile.data["deidentification"]["salt_env"]: salt, **backend.env}
+        collector = start_collector(group, workdir, config, endpoints, env=env)
         stages.end(
             started, f"OTLP gRPC on {deployment.otlp_endpoint}{' (mutual TLS)' if deployment.mutual_tls else ''}"
         )
@@ -198,17 +219,81 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
 
         load = _run_traffic(group, workdir, server.url, deployment, settings, stages, echo)
 
-        started = stages.begin(f"waiting for the data in Prometheus (up to {settings.deadline:.0f}s)")
-        client = checks.PrometheusClient(prometheus.url)
-        _compare(report, load, settings, client)
+        started = stages.begin(f"waiting for the data in {backend.description} (up to {settings.deadline:.0f}s)")
+        _compare(report, load, settings, backend.query)
         report.checks.append(
             checks.count_check("Collector exporter send failures", 0, _exporter_failures(collector.telemetry_url))
         )
         if deployment.mutual_tls:
             report.checks.extend(_mutual_tls_checks(deployment))
+        wrong = backend.wrong_credential()
+        if wrong is not None:
+            report.checks.append(_wrong_credential_check(group, workdir, profile, *wrong, certs, load))
+        if backend.tenant is not None:
+            report.checks.append(_tenant_check(backend, len(load.truths)))
+        if sink is not None:
+            report.checks.extend(
+                trace_checks(sink, deployment.otlp_endpoint, deployment.client_tls, deployment.profile.data, salt,
+                             seed=settings.seed)
+            )  # fmt: skip
+            report.notes.append(
+                f"tail sampling decided after {TRACE_DECISION_WAIT} (verify's setting, not the profile's)"
+            )
         stages.end(started)
         stages.begin("stopping services")
     return report
+
+
+def _wrong_credential_check(
+    group: ProcessGroup,
+    workdir: Path,
+    profile: Profile,
+    backend: Backend,
+    env: dict[str, str],
+    certs: CertificateSet,
+    load: LoadResult,
+) -> checks.Check:
+    """A second Collector, same profile, wrong credential (a wrong password, or no client certificate): its
+    exporter must count failures, and nothing it sent may arrive (the backend's request count stays what the
+    first Collector delivered)."""
+    endpoints = CollectorEndpoints.pick()
+    subdir = workdir / "wrong-credential"
+    subdir.mkdir()
+    deployment = local_deployment(_without_traces(profile), backend, endpoints, certs, subdir)
+    # A refused TLS handshake is retried (as a network error would be) for retry_max_elapsed, 5 minutes by
+    # default; this Collector gives up after a few seconds so that the failure is counted within the run.
+    deployment.profile.data["backend"].update(retry_max_elapsed=WRONG_CREDENTIAL_RETRY, retry_max_interval="1s")
+    salt_env = profile.data["deidentification"]["salt_env"]
+    config = render_collector_config(deployment.profile)
+    collector = start_collector(group, subdir, config, endpoints, env={salt_env: "x", **env})
+    telemetry = _telemetry(deployment, 0.5, "explicit")
+    try:
+        for _ in range(WRONG_CREDENTIAL_REQUESTS):
+            with telemetry.metrics.request({semconv.GEN_AI_OPERATION_NAME: "chat"}) as rec:
+                rec.tokens()
+    finally:
+        telemetry.shutdown()
+    failed = checks.poll(lambda: _exporter_failures(collector.telemetry_url), lambda value: value > 0, 45.0)
+    count = backend.query.scalar(checks.Queries(native=False).count(semconv.DURATION_SPEC)) or 0
+    collector.process.stop()
+    arrived = count - len(load.truths)
+    what = ", ".join(env) if env is backend.wrong_env else "no client certificate"
+    return checks.Check(
+        "wrong backend credential fails visibly",
+        "failures counted, 0 arrived",
+        f"{failed:.0f} failed, {arrived:.0f} arrived",
+        None,
+        "exact",
+        failed > 0 and arrived == 0,
+        f"a second Collector with a wrong credential ({what}), retrying for {WRONG_CREDENTIAL_RETRY}",
+    )
+
+
+def _tenant_check(backend: Backend, requests_sent: int) -> checks.Check:
+    """Thanos: the data is stored under the profile's tenant (the THANOS-TENANT header reached Receive)."""
+    duration = semconv.prometheus_name(semconv.DURATION_SPEC)
+    observed = backend.query.scalar(f'sum({duration}_count{{tenant_id="{backend.tenant}"}})')
+    return checks.count_check(f"requests stored under tenant_id={backend.tenant}", requests_sent, observed)
 
 
 def _sidecar_env(deployment: LocalDeployment, settings: VerifySettings) -> dict[str, str]:

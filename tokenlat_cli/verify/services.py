@@ -43,37 +43,6 @@ def _http_ok(url: str) -> bool:
 
 
 @dataclass
-class Prometheus:
-    process: ManagedProcess
-    url: str
-
-    @property
-    def remote_write_url(self) -> str:
-        return f"{self.url}/api/v1/write"
-
-
-def start_prometheus(group: ProcessGroup, workdir: Path) -> Prometheus:
-    """A Prometheus with the remote-write receiver on, scraping nothing, its TSDB in the temp dir."""
-    config = workdir / "prometheus.yml"
-    config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n", encoding="utf-8")
-    port = free_port()
-    argv = [
-        str(find_prometheus()),
-        f"--config.file={config}",
-        f"--storage.tsdb.path={workdir / 'prometheus-data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--web.enable-remote-write-receiver",
-        # Native histograms: what exponential histograms become through remote write.
-        "--enable-feature=native-histograms",
-        "--storage.tsdb.retention.time=1d",
-    ]
-    process = group.start("prometheus", argv, workdir / "prometheus.log")
-    url = f"http://127.0.0.1:{port}"
-    process.wait_until(lambda: _http_ok(f"{url}/-/ready"), START_TIMEOUT, "ready")
-    return Prometheus(process, url)
-
-
-@dataclass
 class Collector:
     process: ManagedProcess
     otlp_grpc_endpoint: str

@@ -1,0 +1,136 @@
+"""The sidecar benchmark runs end to end on a tiny workload: its correctness checks pass, the markdown is written.
+
+One real run (20 streams, 10 at a time: four runs of three processes, ~10 s) serves every test here. No timing is
+asserted: latency figures from 700 chunks on a shared CI machine mean nothing; whether the targets were met is
+only checked to be computed and written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench import sidecar as bench
+from bench.hot_path import Check
+
+TINY = ["--requests", "20", "--concurrency", "10"]
+
+
+@dataclasses.dataclass
+class TinyRun:
+    code: int
+    result: bench.Result
+    doc: Path
+    out: str
+    err: str
+
+
+class CapturedStd:
+    """stdout and stderr of the block (capsys is function-scoped; the run is shared by the module)."""
+
+    def __enter__(self) -> CapturedStd:
+        self._out, self._err = io.StringIO(), io.StringIO()
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(contextlib.redirect_stdout(self._out))
+        self._stack.enter_context(contextlib.redirect_stderr(self._err))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+        self.out, self.err = self._out.getvalue(), self._err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyRun]:
+    doc = tmp_path_factory.mktemp("docs") / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## Hot path\n\nkept as it is\n")
+    results: list[bench.Result] = []
+    real_run = bench.run
+
+    def keeping(*args: object, **kwargs: object) -> bench.Result:
+        results.append(real_run(*args, **kwargs))  # type: ignore[arg-type]
+        return results[-1]
+
+    with pytest.MonkeyPatch.context() as mp, CapturedStd() as std:
+        mp.setattr(bench, "run", keeping)
+        code = bench.main([*TINY, "--markdown", str(doc)])
+    assert len(results) == 1
+    yield TinyRun(code, results[0], doc, std.out, std.err)
+
+
+def test_tiny_run_passes_every_correctness_check(tiny: TinyRun) -> None:
+    result = tiny.result
+    assert tiny.code == 0, tiny.out
+    assert result.checks, "no correctness checks ran"
+    assert all(c.ok for c in result.checks), [c for c in result.checks if not c.ok]
+    # Every run served the same 20 request indexes (after the 10 warm-up streams), and the sidecar measured them.
+    assert set(result.runs) == set(bench.RUNS)
+    assert all(set(run.responses) == set(range(10, 30)) for run in result.runs.values())
+    assert set(result.sidecars) == set(bench.SIDECAR_RUNS)
+    assert result.sidecar is not None and result.sidecar.ttft["count"] == 20
+    assert result.sidecar.cpu_seconds > 0
+    # Every chunk of every stream was paired with the same chunk direct.
+    assert len(result.added()) == result.chunks() == result.runs[bench.DIRECT].received_events
+    assert all(not math.isnan(s) and not math.isnan(c) for _, _, s, c in result.accuracy())
+
+
+def test_main_writes_the_figures_between_the_markers(tiny: TinyRun) -> None:
+    text = tiny.doc.read_text()
+    assert text.startswith("# Benchmarks\n\n## Hot path\n\nkept as it is\n")  # the rest of the document stays
+    assert bench.SECTION_HEADING in text
+    figures = text.split(bench.BEGIN, 1)[1].split(bench.END, 1)[0]
+    for headers in (bench.LATENCY_HEADERS, bench.CPU_HEADERS, bench.CLIENT_HEADERS, bench.ACCURACY_HEADERS):
+        assert "| " + " | ".join(headers) + " |" in figures
+    assert "| per chunk: through the sidecar - direct | " in figures
+    assert "| sidecar (measuring) | " in figures
+    assert "python -m bench.sidecar --requests 20 --concurrency 10" in figures
+    assert "**FAILED**" not in figures
+    # Whether each target was met is computed and written, either way.
+    assert figures.count("p99 added latency per chunk <= 1 ms") == 1
+    assert figures.count("within 2% of the client's") == 1
+
+    assert "x cheaper" not in tiny.out and "per chunk: through the sidecar - direct" in tiny.out
+    assert "through the sidecar: 20/20 streams" in tiny.err  # progress goes to stderr
+
+
+def test_a_failed_check_fails_loudly_and_writes_nothing(
+    tiny: TinyRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = dataclasses.replace(tiny.result, checks=[*tiny.result.checks, Check("a lost chunk", False, "1 missing")])
+    monkeypatch.setattr(bench, "run", lambda *args, **kwargs: broken)
+    doc = tmp_path / "benchmarks.md"
+    assert bench.main([*TINY, "--markdown", str(doc)]) == 1
+    assert not doc.exists()
+    assert "[FAILED] a lost chunk" in capsys.readouterr().out
+
+
+def test_histogram_quantile_reads_the_rank_from_the_buckets() -> None:
+    # Scale 0: bucket i holds (2**i, 2**(i+1)]. Two zeros, then 1 value in (1, 2], 3 in (2, 4], 4 in (8, 16].
+    h = {"scale": 0, "zero_count": 2, "count": 10, "sum": 0.0, "offset": 0, "bucket_counts": [1, 3, 0, 4]}
+    assert bench.histogram_quantile(h, 0.1) == 0.0  # rank 1: a zero
+    assert bench.histogram_quantile(h, 0.3) == pytest.approx(2**0.5)  # rank 3: (1, 2], geometric midpoint
+    assert bench.histogram_quantile(h, 0.5) == pytest.approx(2**1.5)  # rank 5: (2, 4]
+    assert bench.histogram_quantile(h, 0.99) == pytest.approx(2**3.5)  # rank 10: (8, 16]
+    assert math.isnan(bench.histogram_quantile({**h, "count": 0}, 0.5))
+
+
+def test_histogram_delta_leaves_only_what_came_after() -> None:
+    before = {"scale": 8, "zero_count": 1, "count": 4, "sum": 1.0, "offset": 10, "bucket_counts": [2, 1]}
+    after = {"scale": 8, "zero_count": 1, "count": 9, "sum": 3.5, "offset": 9, "bucket_counts": [1, 2, 1, 0, 4]}
+    delta = bench._histogram_delta(after, before)
+    assert delta == {"scale": 8, "zero_count": 0, "count": 5, "sum": 2.5, "offset": 9, "bucket_counts": [1, 0, 0, 0, 4]}
+
+
+def test_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert bench.nearest_rank(values, 0.5) == 50.0
+    assert bench.nearest_rank(values, 0.99) == 99.0
+    assert bench.nearest_rank(values, 1.0) == 100.0
+    assert bench.nearest_rank([3.0], 0.01) == 3.0
+    assert math.isnan(bench.nearest_rank([], 0.5))
