@@ -6,7 +6,7 @@ let a broken path land.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from tests.otel_helpers import Pipeline
 from tokenlat_cli.collector import CollectorError, find_collector
 from tokenlat_cli.verify.processes import ServiceError
 from tokenlat_cli.verify.services import find_prometheus
+from tokenlat_cli.verify.thanos import find_thanos
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -26,20 +27,26 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
+def _require(find: Callable[[], Path]) -> Path:
+    try:
+        return find()
+    except (CollectorError, ServiceError) as exc:
+        pytest.fail(f"end-to-end prerequisite missing: {exc}")
+
+
 @pytest.fixture(scope="session")
 def collector_binary() -> Path:
-    try:
-        return find_collector()
-    except CollectorError as exc:
-        pytest.fail(f"end-to-end prerequisite missing: {exc}")
+    return _require(find_collector)
 
 
 @pytest.fixture(scope="session")
 def prometheus_binary() -> Path:
-    try:
-        return find_prometheus()
-    except ServiceError as exc:
-        pytest.fail(f"end-to-end prerequisite missing: {exc}")
+    return _require(find_prometheus)
+
+
+@pytest.fixture(scope="session")
+def thanos_binary() -> Path:
+    return _require(find_thanos)
 
 
 @pytest.fixture

@@ -38,14 +38,6 @@ TENANT = "tenant-a"
 READ_BACK_TIMEOUT = 30.0
 
 
-@pytest.fixture(scope="session")
-def thanos_binary() -> Path:
-    try:
-        return find_thanos()
-    except ServiceError as exc:
-        pytest.fail(f"end-to-end prerequisite missing: {exc}")
-
-
 @pytest.fixture
 def group() -> Iterator[ProcessGroup]:
     with ProcessGroup() as g:

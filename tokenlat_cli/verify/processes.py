@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
+import requests
+
 LOG_TAIL_LINES = 20
 
 
@@ -27,6 +29,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def http_ok(url: str, verify: str | bool = True) -> bool:
+    """Whether GET ``url`` answers 200 now (readiness probes). Never through the environment's proxies: these
+    are this run's local services."""
+    with requests.Session() as session:
+        session.trust_env = False
+        try:
+            return session.get(url, timeout=1, verify=verify).status_code == 200
+        except requests.RequestException:
+            return False
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

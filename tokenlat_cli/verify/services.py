@@ -8,12 +8,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
 from tokenlat.synthetic import LISTENING_PREFIX
 from tokenlat_cli.collector import find_collector
 from tokenlat_cli.commands.sidecar import LISTENING_PREFIX as SIDECAR_LISTENING_PREFIX
-from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, ServiceError, free_port
+from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, ServiceError, free_port, http_ok
 
 PROMETHEUS_ENV = "PROMETHEUS_BIN"
 START_TIMEOUT = 60.0
@@ -35,13 +33,6 @@ def find_prometheus() -> Path:
     return Path(found)
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
-
-
 @dataclass
 class Collector:
     process: ManagedProcess
@@ -57,7 +48,7 @@ def start_collector(
     config.write_text(config_text, encoding="utf-8")
     argv = [str(find_collector()), f"--config={config}"]
     process = group.start("tokenlat-otelcol", argv, workdir / "collector.log", env=env)
-    process.wait_until(lambda: _http_ok(f"http://{endpoints.health}"), START_TIMEOUT, "healthy")
+    process.wait_until(lambda: http_ok(f"http://{endpoints.health}"), START_TIMEOUT, "healthy")
     return Collector(process, endpoints.otlp_grpc, f"http://{endpoints.telemetry}/metrics")
 
 

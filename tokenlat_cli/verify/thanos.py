@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, ServiceError, free_port
+from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, ServiceError, free_port, http_ok
 
 # The newest release that Go 1.26.8 builds (v0.42.5 asks for go >= 1.26.10). scripts/install-thanos.sh builds
 # this version, and the Makefile reads it from this line.
@@ -61,13 +61,6 @@ def find_thanos() -> Path:
         f"thanos not found: run `make thanos` to build {THANOS_VERSION} into {installed.parent} "
         f"(or set {THANOS_ENV} to its path)"
     )
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 @dataclass
@@ -119,7 +112,7 @@ def start_thanos_receive(
         scheme = "https"
     process = group.start("thanos receive", argv, workdir / "thanos-receive.log")
     http_url = f"http://{http_address}"
-    process.wait_until(lambda: _http_ok(f"{http_url}/-/ready"), START_TIMEOUT, "ready")
+    process.wait_until(lambda: http_ok(f"{http_url}/-/ready"), START_TIMEOUT, "ready")
     return ThanosReceive(
         process=process,
         remote_write_url=f"{scheme}://{write_address}/api/v1/receive",
@@ -159,6 +152,6 @@ def start_thanos_query(group: ProcessGroup, workdir: Path, store: str) -> str:
     ]
     process = group.start("thanos query", argv, workdir / "thanos-query.log")
     url = f"http://{http_address}"
-    process.wait_until(lambda: _http_ok(f"{url}/-/ready"), START_TIMEOUT, "ready")
+    process.wait_until(lambda: http_ok(f"{url}/-/ready"), START_TIMEOUT, "ready")
     process.wait_until(lambda: _store_discovered(url, store), STORE_TIMEOUT, f"connected to its store {store}")
     return url

@@ -28,8 +28,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from tokenlat.configure import TLSFiles
 from tokenlat_cli.collector import find_collector
 from tokenlat_cli.verify.checks import Check
-from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, free_port
-from tokenlat_cli.verify.services import START_TIMEOUT, _http_ok
+from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, free_port, http_ok
+from tokenlat_cli.verify.services import START_TIMEOUT
 
 TTFT_ATTRIBUTE = "gen_ai.response.time_to_first_chunk"
 ROOT_SPAN_NAME = "chat tokenlat-synthetic"
@@ -103,7 +103,7 @@ def start_trace_sink(group: ProcessGroup, workdir: Path) -> TraceSink:
     config.write_text(sink_config(otlp_endpoint, health_endpoint, free_port(), path), encoding="utf-8")
     argv = [str(find_collector()), f"--config={config}"]
     process = group.start("trace sink (tokenlat-otelcol)", argv, workdir / "trace-sink.log")
-    process.wait_until(lambda: _http_ok(f"http://{health_endpoint}"), START_TIMEOUT, "healthy")
+    process.wait_until(lambda: http_ok(f"http://{health_endpoint}"), START_TIMEOUT, "healthy")
     return TraceSink(process, otlp_endpoint, path)
 
 
