@@ -130,3 +130,11 @@ def test_native_tolerance_is_the_exponential_bucket_width() -> None:
     assert check.passed and check.tolerance < 0.13 * 0.1
     assert "relative error +0.8%" in check.detail
     assert not checks.quantile_check(semconv.TTFT_SPEC, 0.5, [0.13] * 3, 0.16, native=True).passed
+
+
+def test_id_value_check_finds_a_leaked_id_in_any_label() -> None:
+    ids = {"user-7@example.com", "req-000007-55433"}
+    clean = checks.id_value_check({"gen_ai_request_model": ["m-1"], "job": ["tokenlat-verify"]}, ids)
+    assert clean.passed and clean.observed == 0 and clean.detail == "2 label values checked against 2 ids"
+    leaked = checks.id_value_check({"job": ["x"], "note": ["from user-7@example.com"]}, ids)
+    assert not leaked.passed and leaked.observed == 1 and leaked.detail == "note=from user-7@example.com"

@@ -77,6 +77,15 @@ class PrometheusClient:
             return None
         return float(result[0]["value"][1])  # type: ignore[index]
 
+    def label_values(self) -> dict[str, list[str]]:
+        """Every label name with all its values."""
+        values = {}
+        for name in self.label_names():
+            response = self.session.get(f"{self.url}/api/v1/label/{name}/values", timeout=10)
+            response.raise_for_status()
+            values[name] = list(response.json()["data"])
+        return values
+
     def label_names(self) -> list[str]:
         response = self.session.get(f"{self.url}/api/v1/labels", timeout=10)
         response.raise_for_status()
@@ -204,6 +213,23 @@ def truth_series(truths: Sequence[RequestTiming]) -> dict[str, list[float]]:
             if value is not None:
                 series[spec.name].append(value)
     return series
+
+
+def id_value_check(label_values: dict[str, list[str]], ids: set[str]) -> Check:
+    """No label value anywhere is (or contains) a user id or request id the load sent."""
+    offending = sorted(
+        f"{name}={value}" for name, values in label_values.items() for value in values if any(i in value for i in ids)
+    )
+    checked = sum(len(values) for values in label_values.values())
+    return Check(
+        "no raw user id or request id in any label value",
+        0,
+        len(offending),
+        None,
+        "exact",
+        not offending,
+        (", ".join(offending[:3]) if offending else f"{checked} label values checked against {len(ids)} ids"),
+    )
 
 
 def id_label_check(label_names: Sequence[str]) -> Check:

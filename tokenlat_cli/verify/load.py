@@ -20,6 +20,9 @@ from tokenlat.sse import iter_sse_data, openai_chunk_tokens, parse_openai_event
 from tokenlat.stream import RequestTiming, TokenMetrics, wrap_async_stream
 
 Progress = Callable[[int, int], None]
+# The headers tokenlat sidecar reads them from by default.
+USER_ID_HEADER = "x-user-id"
+REQUEST_ID_HEADER = "x-request-id"
 
 
 @dataclass
@@ -55,8 +58,14 @@ async def _events(response: aiohttp.ClientResponse, usage: dict[str, Any]) -> As
         yield event
 
 
+def identities(index: int) -> tuple[str, str]:
+    """The user id and request id of the load's request ``index``: personal-looking, unique per request."""
+    return f"user-{index}@example.com", f"req-{index:06d}-{index * 7919 % 100003:05d}"
+
+
 async def _one_request(
     session: aiohttp.ClientSession,
+    index: int,
     url: str,
     model: str,
     rng: random.Random,
@@ -71,8 +80,11 @@ async def _one_request(
         "stream_options": {"include_usage": True},
         "messages": [{"role": "user", "content": prompt}],
     }
+    # Every request carries a user id and a request id, as real traffic does: neither may end up in a label.
+    user_id, request_id = identities(index)
+    headers = {USER_ID_HEADER: user_id, REQUEST_ID_HEADER: request_id}
     truth = RequestTiming(start=time.perf_counter(), input_tokens=words)
-    async with session.post(f"{url}/v1/chat/completions", json=body) as response:
+    async with session.post(f"{url}/v1/chat/completions", json=body, headers=headers) as response:
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")
         usage: dict[str, Any] = {}
@@ -80,7 +92,7 @@ async def _one_request(
         if metrics is not None:  # None: something outside this process measures (the sidecar)
             stream = wrap_async_stream(
                 stream, metrics, attributes=attributes, input_tokens=words, count_tokens=openai_chunk_tokens,
-                start=truth.start,
+                start=truth.start, user_id=user_id, request_id=request_id,
             )  # fmt: skip
         last: float | None = None
         async for event in stream:
@@ -130,7 +142,8 @@ async def run_load(
             rng = random.Random(seed * 1_000_003 + index)
             try:
                 request_gaps: list[float] = []
-                result.truths.append(await _one_request(session, url, model, rng, metrics, attributes, request_gaps))
+                truth = await _one_request(session, index, url, model, rng, metrics, attributes, request_gaps)
+                result.truths.append(truth)
                 result.gaps.extend(request_gaps)
             except (aiohttp.ClientError, RuntimeError, ValueError, asyncio.TimeoutError) as exc:
                 result.failures.append(f"request {index}: {type(exc).__name__}: {exc}")

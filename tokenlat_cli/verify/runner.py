@@ -27,7 +27,7 @@ from tokenlat_cli.render import render_collector_config
 from tokenlat_cli.verify import checks
 from tokenlat_cli.verify.backends import Backend, UnsupportedBackend, check_backend_supported, start_backend
 from tokenlat_cli.verify.certs import CertificateSet, make_certificates
-from tokenlat_cli.verify.load import LoadResult, run_load
+from tokenlat_cli.verify.load import LoadResult, identities, run_load
 from tokenlat_cli.verify.probes import otlp_export_accepted
 from tokenlat_cli.verify.processes import ProcessGroup
 from tokenlat_cli.verify.report import Report
@@ -424,3 +424,5 @@ def _compare(report: Report, load: LoadResult, settings: VerifySettings, client:
             observed_q = client.scalar(queries.quantile(spec, q))
             report.checks.append(checks.quantile_check(spec, q, truths[spec.name], observed_q, queries.native))
     report.checks.append(checks.id_label_check(client.label_names()))
+    sent_ids = {i for index in range(settings.requests) for i in identities(index)}
+    report.checks.append(checks.id_value_check(client.label_values(), sent_ids))
