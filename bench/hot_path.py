@@ -27,7 +27,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,8 +38,6 @@ from opentelemetry.sdk.metrics.export import (
     HistogramDataPoint,
     Metric,
     MetricExporter,
-    MetricExportResult,
-    MetricsData,
     NumberDataPoint,
     PeriodicExportingMetricReader,
 )
@@ -48,6 +46,7 @@ from opentelemetry.util.types import AttributeValue
 from tokenlat import semconv
 from tokenlat.histograms import TokenlatMetricExporter
 from tokenlat.recorder import TokenMetrics
+from tokenlat.testing import CapturingExporter
 
 NAIVE = "naive OTel"
 PROMETHEUS = "prometheus_client"
@@ -174,34 +173,6 @@ class Observed:
     @property
     def count(self) -> int:
         return sum(d.count for d in self.histograms.values())
-
-
-class CapturingExporter(MetricExporter):
-    """Keeps the last export; stands in for the OTLP exporter so that nothing leaves the process."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.last: MetricsData | None = None
-
-    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: object) -> MetricExportResult:
-        self.last = metrics_data
-        return MetricExportResult.SUCCESS
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return True
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: object) -> None:
-        pass
-
-    def metric(self, name: str) -> Metric | None:
-        if self.last is None:
-            return None
-        for rm in self.last.resource_metrics:
-            for sm in rm.scope_metrics:
-                for m in sm.metrics:
-                    if m.name == name:
-                        return m
-        return None
 
 
 def _otel_histograms(metric: Metric | None) -> dict[AttributeKey, Distribution]:
@@ -595,12 +566,19 @@ def report(result: Result) -> str:
         "",
         *notes(result),
         "",
-        "targets:",
-        *(f"  [{'met' if ok else 'MISSED'}] {name}: {detail}" for name, ok, detail in result.targets()),
-        "correctness:",
-        *(f"  [{'ok' if c.ok else 'FAILED'}] {c.name}: {c.detail}" for c in result.checks),
+        *verdict_lines(result.targets(), result.checks),
     ]
     return "\n".join(lines)
+
+
+def verdict_lines(targets: Iterable[tuple[str, bool, str]], checks: Iterable[Check]) -> list[str]:
+    """The targets met or missed and the correctness checks, as the text report prints them."""
+    return [
+        "targets:",
+        *(f"  [{'met' if ok else 'MISSED'}] {name}: {detail}" for name, ok, detail in targets),
+        "correctness:",
+        *(f"  [{'ok' if c.ok else 'FAILED'}] {c.name}: {c.detail}" for c in checks),
+    ]
 
 
 # --- docs/benchmarks.md ---------------------------------------------------------------------------------------

@@ -50,12 +50,13 @@ import aiohttp
 from aiohttp import web
 from opentelemetry.sdk.metrics.export import ExponentialHistogramDataPoint
 
-from bench.hot_path import NEVER_MS, CapturingExporter, Check, _positive, machine, write_markdown
+from bench.hot_path import NEVER_MS, Check, _positive, machine, verdict_lines, write_markdown
 from tokenlat import semconv, synthetic
 from tokenlat.configure import Telemetry, configure
 from tokenlat.sidecar import create_sidecar_app, serve_sidecar, sidecar_stats
 from tokenlat.sse import iter_sse_data, openai_chunk_tokens, parse_openai_event
 from tokenlat.synthetic import Distribution, SyntheticConfig
+from tokenlat.testing import CapturingExporter
 
 BEGIN = "<!-- sidecar:begin -->"
 END = "<!-- sidecar:end -->"
@@ -1162,10 +1163,7 @@ def report(result: Result) -> str:
         "",
         *notes(result),
         "",
-        "targets:",
-        *(f"  [{'met' if ok else 'MISSED'}] {name}: {detail}" for name, ok, detail in result.targets()),
-        "correctness:",
-        *(f"  [{'ok' if c.ok else 'FAILED'}] {c.name}: {c.detail}" for c in result.checks),
+        *verdict_lines(result.targets(), result.checks),
     ]
     return "\n".join(lines)
 
