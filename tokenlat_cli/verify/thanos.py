@@ -96,6 +96,9 @@ def start_thanos_receive(
         f"--grpc-address={grpc_address}",
         f"--http-address={http_address}",
         f"--remote-write.address={write_address}",
+        # Every listener on a free loopback port: the default Cap'n Proto replication port (0.0.0.0:19391) would
+        # collide with any other Receive on the machine.
+        f"--receive.capnproto-address=127.0.0.1:{free_port()}",
         # No hashring: a single node that ingests everything locally, announcing itself under this endpoint.
         f"--receive.local-endpoint={grpc_address}",
         f"--receive.tenant-header={tenant_header}",
