@@ -10,6 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests.conftest import DATA, REPO
+from tokenlat import semconv
 from tokenlat_cli.collector import validate_config
 from tokenlat_cli.configs import expected_configs
 from tokenlat_cli.main import cli
@@ -106,3 +107,50 @@ def test_distribution_has_every_component(collector_binary: Path) -> None:
         assert names <= present, f"{kind} missing: {sorted(names - present)}"
     modules = {c["module"].split()[1] for kind in REQUIRED_COMPONENTS for c in listed[kind]}
     assert modules == {"v0.161.0"}, f"all modules must be at one release, got {modules}"
+
+
+def test_two_tier_roles_split_the_traces_pipeline() -> None:
+    profile = load_profile("aliyun")
+    agent = yaml.safe_load(render_collector_config(profile, "agent"))
+    gateway = yaml.safe_load(render_collector_config(profile, "gateway"))
+    assert agent["service"]["pipelines"]["traces"]["exporters"] == ["load_balancing"]
+    assert "tail_sampling" not in agent["processors"] and "transform/deidentify" in agent["processors"]
+    assert agent["exporters"]["load_balancing"]["routing_key"] == "traceID"
+    assert agent["exporters"]["load_balancing"]["resolver"]["static"]["hostnames"] == profile.data["traces"]["gateways"]
+    assert "metrics" in agent["service"]["pipelines"]
+    assert gateway["service"]["pipelines"]["traces"]["processors"] == ["memory_limiter", "tail_sampling", "batch"]
+    assert "metrics" not in gateway["service"]["pipelines"] and "prometheus_remote_write" not in gateway["exporters"]
+
+
+@pytest.mark.parametrize(
+    ("profile", "role", "message"),
+    [
+        ("local", "agent", "--role agent needs traces.enabled: true"),
+        ("local", "gateway", "--role gateway needs traces.enabled: true"),
+    ],
+)
+def test_roles_need_a_traces_pipeline(runner: CliRunner, profile: str, role: str, message: str) -> None:
+    result = runner.invoke(cli, ["render", "--profile", profile, "--role", role])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_agent_needs_gateways(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("extends: aliyun\ntraces:\n  gateways: []\n", encoding="utf-8")
+    result = runner.invoke(cli, ["render", "--profile", str(path), "--role", "agent"])
+    assert result.exit_code == 2
+    assert "traces.gateways: --role agent needs the gateways' host:port addresses" in result.output
+
+
+def test_render_reports_the_series_the_allowlist_allows(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["render", "--profile", "aliyun"])
+    assert result.exit_code == 0
+    combinations = 2 * 1 * 8 * 2 * 3  # operations x providers x models x GPU types x tiers (aliyun's declared counts)
+    series_per_histogram = {
+        spec.name: len(spec.buckets) + 3 for spec in semconv.ALL_METRICS
+    }  # buckets, +Inf, sum, count
+    series_per_histogram[semconv.REQUEST_DURATION] *= 6 + 1  # error types, and no error
+    series_per_histogram[semconv.TOKEN_USAGE] *= 2  # input, output
+    expected = combinations * sum(series_per_histogram.values())
+    assert f"active series: at most {expected:,} from the metric allowlist" in result.stderr
+    assert "no count declared" not in result.stderr
