@@ -90,7 +90,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     type=click.FloatRange(min=1),
     default=DEFAULTS.deadline,
     show_default=True,
-    help="Seconds to wait for the data to arrive in Prometheus.",
+    help="Seconds to wait for the data to arrive in the receiver.",
 )
 @click.option(
     "--histogram",
@@ -125,8 +125,9 @@ def verify(
     json_path: Path | None,
     keep: bool,
 ) -> None:
-    """Push synthetic token streams with known timings through the real Collector into a real Prometheus, and
-    compare what arrives with the truth.
+    """Push synthetic token streams with known timings through the real Collector into the profile's real
+    receiver (Prometheus, VictoriaMetrics or Thanos, with its auth and TLS), and compare what arrives with the
+    truth.
 
     Exit status: 0 when every check passes, 1 when one fails or a service cannot start, 2 on bad usage.
     """
