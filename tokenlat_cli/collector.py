@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+from tokenlat_cli.binaries import find_binary
 from tokenlat_cli.render import env_vars_referenced
 
 BINARY_NAME = "tokenlat-otelcol"
@@ -24,18 +24,7 @@ class CollectorError(RuntimeError):
 
 def find_collector() -> Path:
     """$TOKENLAT_OTELCOL_BIN, else the source checkout's build, else tokenlat-otelcol on PATH."""
-    configured = os.environ.get(BINARY_ENV)
-    if configured:
-        path = Path(configured)
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise CollectorError(f"{BINARY_ENV}={configured} is not an executable file")
-        return path
-    if _SOURCE_BUILD.is_file():
-        return _SOURCE_BUILD
-    on_path = shutil.which(BINARY_NAME)
-    if on_path:
-        return Path(on_path)
-    raise CollectorError(f"{BINARY_NAME} not found: run `make collector` to build it (or set {BINARY_ENV} to its path)")
+    return find_binary(BINARY_NAME, BINARY_ENV, "run `make collector` to build it", CollectorError, [_SOURCE_BUILD])
 
 
 def validate_config(text: str) -> None:

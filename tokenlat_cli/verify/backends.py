@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import os
 import secrets
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import bcrypt
 import yaml
 
+from tokenlat_cli.binaries import find_binary
 from tokenlat_cli.verify.certs import CertificateSet
 from tokenlat_cli.verify.checks import PrometheusClient
 from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, ServiceError, free_port
@@ -169,15 +168,9 @@ def _start_prometheus(
 
 
 def find_victoria_metrics() -> Path:
-    configured = os.environ.get(VICTORIA_ENV)
-    if configured:
-        return Path(configured)
-    found = shutil.which("victoria-metrics")
-    if not found:
-        raise ServiceError(
-            f"victoria-metrics not found: install it (`apt-get install victoria-metrics`) or set {VICTORIA_ENV}"
-        )
-    return Path(found)
+    """$VICTORIA_METRICS_BIN, else victoria-metrics on PATH (Debian's package)."""
+    how = "install it (`apt-get install victoria-metrics`, or `make victoria-metrics`)"
+    return find_binary("victoria-metrics", VICTORIA_ENV, how, ServiceError)
 
 
 def _start_victoria_metrics(

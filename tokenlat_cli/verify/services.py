@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenlat.synthetic import LISTENING_PREFIX
+from tokenlat_cli.binaries import find_binary
 from tokenlat_cli.collector import find_collector
 from tokenlat_cli.commands.sidecar import LISTENING_PREFIX as SIDECAR_LISTENING_PREFIX
 from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, ServiceError, free_port, http_ok
@@ -19,18 +18,8 @@ START_TIMEOUT = 60.0
 
 def find_prometheus() -> Path:
     """$PROMETHEUS_BIN, else prometheus on PATH (Debian's package)."""
-    configured = os.environ.get(PROMETHEUS_ENV)
-    if configured:
-        if not os.access(configured, os.X_OK):
-            raise ServiceError(f"{PROMETHEUS_ENV}={configured} is not an executable file")
-        return Path(configured)
-    found = shutil.which("prometheus")
-    if not found:
-        raise ServiceError(
-            "prometheus not found: install it (`apt-get install prometheus`, or `make prometheus`) "
-            f"or set {PROMETHEUS_ENV} to its path"
-        )
-    return Path(found)
+    how = "install it (`apt-get install prometheus`, or `make prometheus`)"
+    return find_binary("prometheus", PROMETHEUS_ENV, how, ServiceError)
 
 
 @dataclass

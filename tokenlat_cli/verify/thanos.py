@@ -17,12 +17,12 @@ build tags (netgo, slicelabels).
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
+from tokenlat_cli.binaries import find_binary
 from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, ServiceError, free_port, http_ok
 
 # The newest release that Go 1.26.8 builds (v0.42.5 asks for go >= 1.26.10). scripts/install-thanos.sh builds
@@ -45,22 +45,9 @@ def thanos_install_path(version: str = THANOS_VERSION) -> Path:
 
 def find_thanos() -> Path:
     """$THANOS_BIN, else the binary `make thanos` built, else thanos on PATH."""
-    configured = os.environ.get(THANOS_ENV)
-    if configured:
-        path = Path(configured)
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise ServiceError(f"{THANOS_ENV}={configured} is not an executable file")
-        return path
     installed = thanos_install_path()
-    if installed.is_file() and os.access(installed, os.X_OK):
-        return installed
-    on_path = shutil.which("thanos")
-    if on_path:
-        return Path(on_path)
-    raise ServiceError(
-        f"thanos not found: run `make thanos` to build {THANOS_VERSION} into {installed.parent} "
-        f"(or set {THANOS_ENV} to its path)"
-    )
+    how = f"run `make thanos` to build {THANOS_VERSION} into {installed.parent}"
+    return find_binary("thanos", THANOS_ENV, how, ServiceError, [installed])
 
 
 @dataclass
