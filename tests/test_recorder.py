@@ -79,6 +79,23 @@ def test_a_chunk_of_n_tokens_counts_n_times_at_gap_over_n(pipeline: Pipeline) ->
     assert point(m, semconv.TIME_PER_OUTPUT_TOKEN).sum == pytest.approx(0.2 / 6)
 
 
+def test_tokens_measured_later_keep_the_time_they_arrived(pipeline: Pipeline) -> None:
+    # The sidecar relays a chunk first and measures it after, passing the clock reading taken when it arrived.
+    pipeline.clock.now = 0.0
+    rec = pipeline.metrics.request(MODEL)
+    for arrived, n in [(0.5, 1), (0.75, 2), (1.0, 1)]:
+        pipeline.clock.now = arrived + 0.3  # measured well after the arrival
+        rec.tokens(n, at=arrived)
+    pipeline.clock.now = 1.5
+    rec.finish()
+    m = pipeline.collect()
+    assert point(m, semconv.TIME_TO_FIRST_TOKEN).sum == 0.5
+    itl = point(m, semconv.INTER_TOKEN_LATENCY)
+    assert itl.count == 3 and itl.sum == pytest.approx(0.5)
+    assert (itl.min, itl.max) == (0.125, 0.25)  # 0.25 s over 2 tokens, then 0.25 s over 1
+    assert point(m, semconv.REQUEST_DURATION).sum == 1.5
+
+
 def test_zero_token_chunks_change_nothing(pipeline: Pipeline) -> None:
     play(pipeline, [(0.25, 0), (0.5, 1), (0.6, 0), (0.75, 1)], end=1.0)
     m = pipeline.collect()

@@ -8,6 +8,7 @@ Waiting is by polling a condition, never by sleeping a guessed time.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gzip
 import hashlib
 import itertools
@@ -41,6 +42,7 @@ from opentelemetry.sdk.metrics.export import Metric
 from tests.conftest import REPO
 from tests.otel_helpers import CapturingExporter
 from tokenlat import semconv, synthetic
+from tokenlat import sidecar as sidecar_module
 from tokenlat.configure import Telemetry, configure
 from tokenlat.sidecar import (
     HEALTH_PATH,
@@ -433,6 +435,47 @@ def test_records_token_latency_of_proxied_streams(otel: Otel) -> None:
     input_usage = points(metrics, semconv.TOKEN_USAGE, **{semconv.GEN_AI_TOKEN_TYPE: "input"})
     assert sum(dp.sum for dp in input_usage) == sum(u["prompt_tokens"] for u in usages)
     assert total_count(metrics, semconv.INTER_TOKEN_LATENCY, **attributes) == sum(counted) - 3
+
+
+def test_each_chunk_is_relayed_before_it_is_measured(otel: Otel, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Measuring (parsing, recording) must never delay a chunk on its way to the client: it runs after the write,
+    # with the time the chunk arrived.
+    log: list[tuple[str, bytes]] = []
+    write, feed = sidecar_module._write, sidecar_module._Exchange.feed
+
+    async def logged_write(resp: web.StreamResponse, chunk: bytes) -> None:
+        log.append(("relayed", chunk))
+        await write(resp, chunk)
+
+    def logged_feed(self: Any, chunk: bytes, arrived: float) -> None:
+        log.append(("measured", chunk))
+        feed(self, chunk, arrived)
+
+    monkeypatch.setattr(sidecar_module, "_write", logged_write)
+    monkeypatch.setattr(sidecar_module._Exchange, "feed", logged_feed)
+
+    async def one(session: aiohttp.ClientSession, url: str) -> None:
+        async with session.post(url + CHAT, json=chat_body()) as resp:
+            await resp.read()
+
+    async def body() -> None:
+        async with (
+            running_synthetic() as (upstream, _),
+            running_sidecar(upstream, otel) as sidecar,
+            aiohttp.ClientSession() as session,
+        ):
+            await asyncio.gather(*(one(session, sidecar.url) for _ in range(3)))
+
+    run(body)
+    in_flight: collections.Counter[bytes] = collections.Counter()  # relayed, not yet measured
+    for what, chunk in log:
+        if what == "relayed":
+            in_flight[chunk] += 1
+        else:
+            assert in_flight[chunk] > 0, f"measured before it was relayed: {chunk[:60]!r}"
+            in_flight[chunk] -= 1
+    assert sum(1 for what, _ in log if what == "measured") > 3 * 4 and not +in_flight  # all measured, in the end
+    assert output_tokens(otel.collect()) > 0
 
 
 def test_openai_client_streams_through_the_sidecar(otel: Otel) -> None:

@@ -195,15 +195,18 @@ class RequestRecorder:
             (context.span_id, context.trace_id) if context.is_valid and context.trace_flags.sampled else None
         )
 
-    def tokens(self, n: int = 1) -> None:
-        """``n`` output tokens arrived now (a chunk may carry several: they count ``n`` times at gap/n).
+    def tokens(self, n: int = 1, at: float | None = None) -> None:
+        """``n`` output tokens arrived now, or ``at`` (a reading of this recorder's clock), in arrival order.
+
+        A chunk may carry several tokens: they count ``n`` times at gap/n. ``at`` lets a caller take the time as
+        the chunk arrives and record it after passing the chunk on (the sidecar does).
 
         The hot path: a clock read, a bucket index, a dict update and two comparisons. The count and the sum of
         the gaps follow from the token count and the first and last times, so they are worked out in finish().
         """
         if n <= 0:  # a role-only or usage-only chunk: no token, and no effect on the gaps
             return
-        now = self.clock()
+        now = self.clock() if at is None else at
         last = self._last
         self._last = now
         self._counted += n

@@ -10,7 +10,10 @@ Clients talk to the sidecar instead of the server and get exactly the bytes the 
 query and body; status and headers minus the hop-by-hop ones; bodies relayed chunk by chunk, never decompressed
 or recompressed. When a response is a token stream (``tokenlat.parsers.detect_format`` on the path, the content
 type and the first chunk, or a fixed ``fmt``), the sidecar parses a copy of each chunk and records the request's
-TTFT, per-token gaps, duration and usage with a ``RequestRecorder`` whose start is the request's arrival.
+TTFT, per-token gaps, duration and usage with a ``RequestRecorder`` whose start is the request's arrival. A chunk
+is measured after it has been relayed (and after the other chunks ready at that moment), with the time it
+arrived: measuring costs CPU, but a chunk never waits for its own parse, nor for those of chunks that arrived
+with it.
 
 Failures are recorded as error.type and counted in :class:`SidecarStats` (``GET /-/tokenlat/stats``):
 
@@ -333,7 +336,8 @@ class _Exchange:
     def start_stream(self, fmt: str) -> None:
         self.parser = make_parser(fmt, max_line_bytes=self.proxy.settings.max_line_bytes)
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes, arrived: float) -> None:
+        """Measure a chunk that arrived at ``arrived`` (by the metrics' clock)."""
         if self.parser is None:
             return
         try:
@@ -341,9 +345,9 @@ class _Exchange:
         except Exception:  # the parsers never raise by contract; if one does, measuring stops, relaying does not
             self._parser_failed()
             return
-        self._observe(events)
+        self._observe(events, arrived)
 
-    def _observe(self, events: list[StreamEvent]) -> None:
+    def _observe(self, events: list[StreamEvent], arrived: float | None = None) -> None:
         for event in events:
             if self.recorder is None:
                 if _is_empty(event):
@@ -351,7 +355,7 @@ class _Exchange:
                 self.response_model = event.model
                 self.recorder = self._new_recorder()
             recorder = self.recorder
-            recorder.tokens(event.tokens)
+            recorder.tokens(event.tokens, arrived)
             if event.input_tokens is not None or event.output_tokens is not None:
                 recorder.usage(input_tokens=event.input_tokens, output_tokens=event.output_tokens)
             if event.error is not None and self.stream_error is None:
@@ -367,6 +371,7 @@ class _Exchange:
 
     def finish(self, error: str | None) -> None:
         """Record the request, if it is one to record. ``error``: how the relay ended (None: completely)."""
+        self.proxy.measure_now()
         if self.error_status is not None:
             self._record_failure(self.error_status)
         elif self.parser is not None or self.stream_error == PARSER_FAILURE:
@@ -406,6 +411,29 @@ class _Proxy:
         self.stats = SidecarStats()
         self.draining = False
         self._session: aiohttp.ClientSession | None = None
+        # Chunks relayed but not yet measured, in arrival order, and whether a callback will measure them.
+        self._unmeasured: list[tuple[_Exchange, bytes, float]] = []
+        self._measure_scheduled = False
+
+    def measure_later(self, exchange: _Exchange, chunk: bytes, arrived: float) -> None:
+        """Measure ``chunk`` once the chunks ready now have been relayed.
+
+        Chunks of many streams often arrive together. Relaying them all before parsing any means no client waits
+        for another stream's parse; the timings are unaffected, as each chunk carries its arrival time.
+        """
+        if exchange.parser is None:
+            return
+        self._unmeasured.append((exchange, chunk, arrived))
+        if not self._measure_scheduled:
+            self._measure_scheduled = True
+            asyncio.get_running_loop().call_soon(self.measure_now)
+
+    def measure_now(self) -> None:
+        """Measure every chunk waiting (also called before a stream is finished, so that none is left out)."""
+        self._measure_scheduled = False
+        unmeasured, self._unmeasured = self._unmeasured, []
+        for exchange, chunk, arrived in unmeasured:
+            exchange.feed(chunk, arrived)
 
     async def session_context(self, app: web.Application) -> AsyncIterator[None]:
         """cleanup_ctx: one client session (and its connection pool) for the app's lifetime."""
@@ -543,12 +571,16 @@ class _Proxy:
             await resp.prepare(request)  # headers go out at once, before the first token
         except ConnectionError as exc:
             raise _ClientGone(str(exc)) from exc
+        clock = self.metrics.clock
         chunk = await _read(upstream)
+        arrived = clock()  # a token's time is when it arrived, not when a slow client took it
         self._classify(exchange, upstream.status, chunk)
         while chunk:
-            exchange.feed(chunk)  # before the write: a token's time is when it arrived, not when a slow client took it
+            # Relay first, measure after: no client waits for a parse (see measure_later).
             await _write(resp, chunk)
+            self.measure_later(exchange, chunk, arrived)
             chunk = await _read(upstream)
+            arrived = clock()
         try:
             await resp.write_eof()
         except ConnectionError as exc:
