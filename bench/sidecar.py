@@ -1,6 +1,6 @@
 """Latency and CPU the tokenlat sidecar adds per streamed chunk, and how closely what it measures matches the client.
 
-    python -m bench.sidecar                                  # 600 streams, 100 at a time, direct and through it
+    python -m bench.sidecar                                  # 1200 streams, 100 at a time, direct and through it
     python -m bench.sidecar --markdown docs/benchmarks.md    # also rewrite the figures there (`make bench`)
 
 Three processes, so that nothing shares an event loop:
@@ -70,7 +70,7 @@ SECTION_HEADING = "## Sidecar: added latency and accuracy"
 TARGET_ADDED_P99_MS = 1.0
 TARGET_RELATIVE_ERROR = 0.02
 
-DEFAULT_REQUESTS = 600
+DEFAULT_REQUESTS = 1200
 DEFAULT_CONCURRENCY = 100
 DEFAULT_SEED = 7
 # verify's defaults (the synthetic server's own): TTFT around 120 ms, gaps around 12 ms, 16-48 tokens.
