@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -84,7 +85,11 @@ async def _one_request(
     user_id, request_id = identities(index)
     headers = {USER_ID_HEADER: user_id, REQUEST_ID_HEADER: request_id}
     truth = RequestTiming(start=time.perf_counter(), input_tokens=words)
-    async with session.post(f"{url}/v1/chat/completions", json=body, headers=headers) as response:
+    # Measured outside (metrics None), the request's clock starts once it is on the wire (see _start_when_sent).
+    trace_ctx = truth if metrics is None else None
+    async with session.post(
+        f"{url}/v1/chat/completions", json=body, headers=headers, trace_request_ctx=trace_ctx
+    ) as response:
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")
         usage: dict[str, Any] = {}
@@ -122,8 +127,15 @@ async def run_load(
     model: str,
     seed: int,
     progress: Progress | None = None,
+    ramp: float = 0.0,
 ) -> LoadResult:
-    """``total`` streaming requests, at most ``concurrency`` at a time."""
+    """``total`` streaming requests, at most ``concurrency`` at a time, the first ones started over ``ramp`` seconds.
+
+    A ramp as long as a stream takes starts the load as it runs in steady state, where a request starts when
+    another ends. Started all at once, a hundred requests queue behind each other in every process on the way
+    (tens of milliseconds for the last), and a measurement that starts the clock on arrival (the sidecar) leaves
+    that queue out of TTFT where the truth counts it.
+    """
     result = LoadResult()
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(total):
@@ -132,8 +144,9 @@ async def run_load(
     timeout = aiohttp.ClientTimeout(total=300, sock_connect=10)
     done = 0
 
-    async def worker(session: aiohttp.ClientSession) -> None:
+    async def worker(session: aiohttp.ClientSession, delay: float) -> None:
         nonlocal done
+        await asyncio.sleep(delay)
         while True:
             try:
                 index = queue.get_nowait()
@@ -151,6 +164,29 @@ async def run_load(
             if progress is not None:
                 progress(done, total)
 
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await asyncio.gather(*(worker(session) for _ in range(min(concurrency, total))))
+    traces = [_start_when_sent()] if metrics is None else []
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=traces) as session:
+        workers = min(concurrency, total)
+        await asyncio.gather(*(worker(session, ramp * w / workers) for w in range(workers)))
     return result
+
+
+def _start_when_sent() -> aiohttp.TraceConfig:
+    """Start a request's truth when its headers have been sent, for a measurement outside this process.
+
+    The library in this process starts its clock with the truth's, before the request is even built. A sidecar
+    starts it when the request reaches it, and cannot see the time before the request left: opening a connection,
+    or this process's own queue when a hundred requests start at once (about 20 ms for the last of them). Counted
+    in the truth, that alone would fail the TTFT checks of native histograms.
+    """
+
+    async def headers_sent(
+        session: aiohttp.ClientSession, context: SimpleNamespace, params: aiohttp.TraceRequestHeadersSentParams
+    ) -> None:
+        truth = context.trace_request_ctx
+        if isinstance(truth, RequestTiming):
+            truth.start = time.perf_counter()
+
+    config = aiohttp.TraceConfig()
+    config.on_request_headers_sent.append(headers_sent)
+    return config

@@ -10,6 +10,7 @@ import asyncio
 import copy
 import dataclasses
 import secrets
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,7 +21,7 @@ import requests
 from tokenlat import semconv
 from tokenlat.configure import Telemetry, TLSFiles, configure
 from tokenlat.recorder import TokenMetrics
-from tokenlat.synthetic import DEFAULT_MODEL
+from tokenlat.synthetic import DEFAULT_MODEL, Distribution, SyntheticConfig, parse_token_range, plan_request
 from tokenlat_cli.collector import validate_config
 from tokenlat_cli.profiles import Profile
 from tokenlat_cli.render import render_collector_config
@@ -391,8 +392,21 @@ def _drive(url: str, settings: VerifySettings, metrics: TokenMetrics | None, ech
             DEFAULT_MODEL,
             settings.seed,
             progress,
+            ramp=_mean_stream_seconds(settings),
         )
     )
+
+
+def _mean_stream_seconds(settings: VerifySettings) -> float:
+    """How long the synthetic server's first ``concurrency`` streams take on average: the load's ramp."""
+    config = SyntheticConfig(
+        seed=settings.seed,
+        ttft=Distribution.parse(settings.ttft),
+        inter_token=Distribution.parse(settings.inter_token),
+        output_tokens=parse_token_range(settings.output_tokens),
+    )
+    first = min(settings.concurrency, settings.requests)
+    return statistics.fmean(plan_request(config, i).total_seconds for i in range(first))
 
 
 def _compare(report: Report, load: LoadResult, settings: VerifySettings, client: checks.PrometheusClient) -> None:
