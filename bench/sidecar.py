@@ -1021,30 +1021,30 @@ def run(
     for name in RUNS:
         # A fresh server per run: request indexes start at 0 again, so index i has the same plan in every run.
         with child_process("synthetic", config) as server:
+            proxy: tuple[Any, ...]  # the child's role and arguments
             if name in SIDECAR_RUNS:
                 measure = SIDECAR_RUNS[name]
-                with child_process("sidecar", server.url, SCALE, measure, profile if measure else None) as sidecar:
-                    say(f"{name}: sidecar {sidecar.url}, upstream {server.url}")
-
-                    def before(sidecar: Child = sidecar, server: Child = server) -> None:
-                        server.start()
-                        sidecar.start()
-
-                    window = asyncio.run(_drive(sidecar.url, requests, concurrency, ramp, before, say, name))
-                    reports[name] = SidecarReport(**sidecar.stop())
+                proxy = ("sidecar", server.url, SCALE, measure, profile if measure else None)
             elif name == BYTE_PIPE:
-                with child_process("pipe", server.url) as pipe:
-                    say(f"{name}: pipe {pipe.url}, upstream {server.url}")
-
-                    def before(pipe: Child = pipe, server: Child = server) -> None:
-                        server.start()
-                        pipe.start()
-
-                    window = asyncio.run(_drive(pipe.url, requests, concurrency, ramp, before, say, name))
-                    pipe_report = PipeReport(**pipe.stop())
+                proxy = ("pipe", server.url)
             else:
                 say(f"{name}: upstream {server.url}")
                 window = asyncio.run(_drive(server.url, requests, concurrency, ramp, server.start, say, name))
+                runs[name] = make_run(name, window, server.stop())
+                continue
+            with child_process(*proxy) as child:
+                say(f"{name}: {child.name} {child.url}, upstream {server.url}")
+
+                def before(child: Child = child, server: Child = server) -> None:
+                    server.start()
+                    child.start()
+
+                window = asyncio.run(_drive(child.url, requests, concurrency, ramp, before, say, name))
+                reported = child.stop()
+            if name == BYTE_PIPE:
+                pipe_report = PipeReport(**reported)
+            else:
+                reports[name] = SidecarReport(**reported)
             runs[name] = make_run(name, window, server.stop())
     checks = check_runs(runs, reports, pipe_report, requests, warm=concurrency)
     described = {**machine(), "aiohttp": importlib.metadata.version("aiohttp")}

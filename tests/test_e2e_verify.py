@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from tests.conftest import DATA
 from tokenlat import semconv
 from tokenlat_cli import collector
 from tokenlat_cli.collector import CollectorError, find_collector
+from tokenlat_cli.commands import verify as verify_command
 from tokenlat_cli.main import cli
 
 pytestmark = pytest.mark.e2e
@@ -212,6 +215,27 @@ def test_sigterm_stops_every_process_and_removes_the_temp_dir(
         time.sleep(0.1)
     assert not [pid for pid in started if _alive(pid)]
     assert not list(tmp_path.glob("tokenlat-verify-*"))
+
+
+def test_sigterm_during_a_finalizer_still_stops_the_load() -> None:
+    # A signal handled while the garbage collector runs a finalizer (urllib3's pools have them) raised
+    # KeyboardInterrupt inside it, where Python swallows it, and verify went on with its load. Inside asyncio.run the
+    # handler now cancels the main task instead.
+    class Pooled:
+        pass
+
+    async def load() -> None:
+        pooled = Pooled()
+        weakref.finalize(pooled, os.kill, os.getpid(), signal.SIGTERM)
+        del pooled  # the finalizer runs here, and the handler inside it
+        await asyncio.sleep(5)
+
+    previous = signal.signal(signal.SIGTERM, verify_command._interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):  # not raised when swallowed: the load sleeps on and ends normally
+            asyncio.run(load())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.mark.parametrize(

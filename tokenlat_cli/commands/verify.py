@@ -39,9 +39,18 @@ def _token_range(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return f"{low}-{high}"
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM takes the same path as Ctrl-C, so every started process is stopped.
-    raise KeyboardInterrupt
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM takes the same path as Ctrl-C, so every started process is stopped.
+
+    Whatever handles Ctrl-C at the moment handles it: inside ``asyncio.run`` (the load), the runner cancels the main
+    task; elsewhere, KeyboardInterrupt is raised. Raised inside the event loop instead, it could land in a garbage
+    collector's finalizer (urllib3's pools have them), which swallows it, and the run would go on.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):  # Python's default (raises KeyboardInterrupt) or asyncio's (cancels the main task)
+        handler(signal.SIGINT, frame)
+        return
+    raise KeyboardInterrupt  # Ctrl-C is ignored or left to the OS here: SIGTERM still stops the run
 
 
 @click.command()
@@ -151,7 +160,7 @@ def verify(
         via_sidecar=via_sidecar,
     )
     workdir = Path(tempfile.mkdtemp(prefix="tokenlat-verify-"))
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         report = run_verify(profile, settings, workdir, lambda line: click.echo(line, err=True))
     except (ServiceError, CollectorError) as exc:
