@@ -19,13 +19,14 @@ import pytest
 from bench import sidecar as bench
 from bench.hot_path import Check
 
-TINY = ["--requests", "20", "--concurrency", "10"]
+TINY = ["--requests", "20", "--concurrency", "10", "--rounds", "2"]
 
 
 @dataclasses.dataclass
 class TinyRun:
     code: int
-    result: bench.Result
+    result: bench.Result  # the first round's
+    rounds: list[bench.Result]
     doc: Path
     out: str
     err: str
@@ -60,8 +61,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyRun]:
     with pytest.MonkeyPatch.context() as mp, CapturedStd() as std:
         mp.setattr(bench, "run", keeping)
         code = bench.main([*TINY, "--markdown", str(doc)])
-    assert len(results) == 1
-    yield TinyRun(code, results[0], doc, std.out, std.err)
+    assert len(results) == 2  # --rounds 2
+    yield TinyRun(code, results[0], results, doc, std.out, std.err)
 
 
 def test_tiny_run_passes_every_correctness_check(tiny: TinyRun) -> None:
@@ -86,6 +87,7 @@ def test_main_writes_the_figures_between_the_markers(tiny: TinyRun) -> None:
     assert bench.SECTION_HEADING in text
     figures = text.split(bench.BEGIN, 1)[1].split(bench.END, 1)[0]
     for headers in (
+        bench.ROUNDS_HEADERS,
         bench.SHIFT_HEADERS,
         bench.PAIRED_HEADERS,
         bench.CPU_HEADERS,
@@ -96,7 +98,8 @@ def test_main_writes_the_figures_between_the_markers(tiny: TinyRun) -> None:
     assert "| through the sidecar - direct | " in figures  # paired
     assert "| through a byte pipe (no HTTP) | " in figures  # the floor of a proxy hop
     assert "| sidecar (measuring) | " in figures
-    assert "python -m bench.sidecar --requests 20 --concurrency 10" in figures
+    assert "python -m bench.sidecar --requests 20 --concurrency 10 --seed 7 --rounds 2" in figures
+    assert figures.count(" (median) |") == 1  # one of the two rounds, named
     assert "**FAILED**" not in figures
     # Whether each target was met is computed and written, either way.
     assert figures.count("p99 added latency per chunk <= 1 ms") == 1
@@ -104,6 +107,7 @@ def test_main_writes_the_figures_between_the_markers(tiny: TinyRun) -> None:
 
     assert "x cheaper" not in tiny.out and "through the sidecar - direct" in tiny.out
     assert "through the sidecar: 20/20 streams" in tiny.err  # progress goes to stderr
+    assert "sidecar: round 2 of 2" in tiny.err
 
 
 def test_a_failed_check_fails_loudly_and_writes_nothing(
@@ -115,6 +119,31 @@ def test_a_failed_check_fails_loudly_and_writes_nothing(
     assert bench.main([*TINY, "--markdown", str(doc)]) == 1
     assert not doc.exists()
     assert "[FAILED] a lost chunk" in capsys.readouterr().out
+
+
+def test_rounds_judge_latency_on_the_median_round_and_checks_on_every_round(tiny: TinyRun) -> None:
+    first, second = tiny.rounds
+    # Round 2 made to add 10 ms more at p99 than round 1: round 1 is the median (the lower of two) and decides.
+    slow = dataclasses.replace(second)
+    slow.shift = lambda run, q, reference=bench.DIRECT: (  # type: ignore[method-assign]
+        first.shift(run, q, reference) + (0.010 if (run, q) == (bench.SIDECAR, 0.99) else 0.0)
+    )
+    rounds = bench.Rounds([slow, first])
+    assert rounds.median is first
+    latency, _ = rounds.targets()
+    assert latency[1] == first.latency_target()[1]
+    assert "median of 2 rounds" in latency[2]
+    # A check failed in one round fails the merged line, with that round's detail.
+    broken = dataclasses.replace(second, checks=[*second.checks[:-1], Check(second.checks[-1].name, False, "lost")])
+    merged = {c.name: c for c in bench.Rounds([first, broken]).checks}
+    assert not merged[second.checks[-1].name].ok and merged[second.checks[-1].name].detail == "lost"
+    assert not bench.Rounds([first, broken]).passed and bench.Rounds([first, second]).passed
+    # Accuracy: every round's rows count, so one round off by 5% misses the target.
+    off = dataclasses.replace(second)
+    rows = [(m, q, c * 1.05, c) for m, q, _, c in second.accuracy()]
+    off.accuracy = lambda: rows  # type: ignore[method-assign]
+    assert not bench.Rounds([first, off]).targets()[1][1]
+    assert "+5.00%" in bench.Rounds([first, off]).targets()[1][2]
 
 
 def test_histogram_quantile_reads_the_rank_from_the_buckets() -> None:
