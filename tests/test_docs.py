@@ -1,11 +1,16 @@
-"""The reference docs name every metric, Prometheus name and attribute of the contract."""
+"""The reference docs name every metric, Prometheus name and attribute of the contract, and every sidecar option,
+format, counter and error type."""
 
 from __future__ import annotations
+
+import dataclasses
 
 from click.testing import CliRunner
 
 from tests.conftest import REPO
-from tokenlat import semconv
+from tokenlat import semconv, sidecar
+from tokenlat.parsers import FORMATS
+from tokenlat_cli.commands.sidecar import sidecar as sidecar_command
 from tokenlat_cli.main import cli
 
 
@@ -28,3 +33,21 @@ def test_every_cli_command_has_help() -> None:
         result = runner.invoke(cli, [name, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output, name
         assert f"tokenlat {name}" in readme, f"README does not document `tokenlat {name}`"
+
+
+def test_sidecar_doc_covers_its_options_formats_counters_and_errors() -> None:
+    doc = (REPO / "docs" / "sidecar.md").read_text(encoding="utf-8")
+    for param in sidecar_command.params:
+        for option in param.opts:
+            if option.startswith("--") and option != "--help":
+                assert f"`{option}" in doc, option
+    for fmt in FORMATS:
+        assert f"| `{fmt}` |" in doc, fmt
+    for field in dataclasses.fields(sidecar.SidecarStats):
+        assert f"| `{field.name}` |" in doc, field.name
+    for error in (sidecar.UPSTREAM_UNAVAILABLE, sidecar.UPSTREAM_RESET, sidecar.UPSTREAM_ERROR, "cancelled"):
+        assert f"`{error}`" in doc, error
+    for path in (sidecar.HEALTH_PATH, sidecar.STATS_PATH):
+        assert f"GET {path}" in doc, path
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "docs/sidecar.md" in readme
