@@ -85,7 +85,7 @@ async def _one_request(
     user_id, request_id = identities(index)
     headers = {USER_ID_HEADER: user_id, REQUEST_ID_HEADER: request_id}
     truth = RequestTiming(start=time.perf_counter(), input_tokens=words)
-    # Measured outside (metrics None), the request's clock starts once it is on the wire (see _start_when_sent).
+    # Measured outside (metrics None), the request's clock starts once it is handed to its connection (see below).
     trace_ctx = truth if metrics is None else None
     async with session.post(
         f"{url}/v1/chat/completions", json=body, headers=headers, trace_request_ctx=trace_ctx
@@ -172,7 +172,10 @@ async def run_load(
 
 
 def _start_when_sent() -> aiohttp.TraceConfig:
-    """Start a request's truth when its headers have been sent, for a measurement outside this process.
+    """Start a request's truth when it is handed to its connection, for a measurement outside this process.
+
+    aiohttp signals "headers sent" once the connection is there and the request head is serialized, just before
+    it goes out (with the body, in the same write).
 
     The library in this process starts its clock with the truth's, before the request is even built. A sidecar
     starts it when the request reaches it, and cannot see the time before the request left: opening a connection,
