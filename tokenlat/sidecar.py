@@ -40,17 +40,16 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+import ssl
+from collections import deque
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict, MultiMapping
+import httptools
 from opentelemetry.util.types import AttributeValue
 from yarl import URL
 
-from tokenlat import semconv
+from tokenlat import http1, semconv
 from tokenlat.parsers import FORMATS, StreamEvent, StreamParser, detect_format, make_parser, request_model
 from tokenlat.recorder import CANCELLED, RequestRecorder, TokenMetrics
 
@@ -85,15 +84,11 @@ PARSER_FAILURE = "tokenlat_parser_failure"
 # long prompt can legitimately take minutes to its first token.
 CONNECT_TIMEOUT_S = 10.0
 
-# RFC 9110 section 7.6.1: hop-by-hop headers describe one connection and must not be forwarded. "Proxy-*" is
-# matched by prefix; headers named in Connection are removed as well (see _end_to_end).
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"})
-# Request headers the proxy itself answers for: Host names the upstream (aiohttp sets it from the URL), and the
-# sidecar's server side has already dealt with Expect: 100-continue.
-_REQUEST_ONLY = frozenset({"host", "expect"})
-# aiohttp's client adds these when absent; a transparent proxy must not (Accept-Encoding would make the upstream
-# compress a body the client never asked to be compressed).
-_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+# Request fields the proxy itself answers for: Host names the upstream, and the sidecar answers Expect:
+# 100-continue itself (the body then comes to it, and it streams the body on).
+_REQUEST_ONLY = (b"host", b"expect")
+# Request bodies queued for an upstream connection still being opened, before the client is paused.
+_PENDING_LIMIT = 1 << 20
 
 # A format's name is the best default for gen_ai.provider.name; "generic" says nothing about the provider.
 _PROVIDER_OF_FORMAT = {fmt: fmt for fmt in FORMATS if fmt != "generic"}
@@ -130,19 +125,15 @@ class SidecarStats:
 class _Settings:
     upstream: str
     fmt: str | None
-    user_id_header: str | None
-    request_id_header: str
+    user_id_header: bytes | None  # lowercase, as the headers are compared
+    request_id_header: bytes
     provider: str | None
     max_json_body: int
     max_line_bytes: int
 
-
-class _UpstreamBroke(Exception):
-    """Reading the upstream response failed: the connection was reset or the body was cut short."""
-
-
-class _ClientGone(Exception):
-    """Writing to the client failed: it disconnected."""
+    @property
+    def url(self) -> URL:
+        return URL(self.upstream)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -159,23 +150,6 @@ def validate_upstream(upstream: str) -> str:
     if url.query_string or url.fragment:
         raise ValueError(f"{upstream!r} must not have a query or a fragment")
     return str(url).rstrip("/")
-
-
-def _end_to_end(headers: MultiMapping[str], drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
-    """``headers`` minus hop-by-hop headers (and ``drop``), repeated headers (Set-Cookie) kept."""
-    named = {token.strip().lower() for value in headers.getall("Connection", []) for token in value.split(",")}
-    kept: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower in _HOP_BY_HOP or lower.startswith("proxy-") or lower in named or lower in drop:
-            continue
-        kept.add(name, value)
-    return kept
-
-
-def _json_error(status: int, kind: str, message: str) -> web.Response:
-    # OpenAI's error shape, which every OpenAI-compatible client knows how to show.
-    return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status)
 
 
 def operation_name(path: str) -> str:
@@ -206,6 +180,15 @@ def _is_empty(event: StreamEvent) -> bool:
     )
 
 
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+def _json_error(status: int, kind: str, message: str, *, close: bool = False) -> bytes:
+    # OpenAI's error shape, which every OpenAI-compatible client knows how to show.
+    return http1.json_response(status, {"error": {"message": message, "type": kind, "code": status}}, close=close)
+
+
 def _json_or_none(body: bytes | None) -> Any:
     if not body:
         return None
@@ -213,60 +196,6 @@ def _json_or_none(body: bytes | None) -> Any:
         return json.loads(body)
     except ValueError:  # includes UnicodeDecodeError
         return None
-
-
-async def _read_prefix(request: web.Request, limit: int) -> tuple[bytes, bool]:
-    """Up to ``limit`` bytes of the body, and whether that is all of it.
-
-    Larger bodies are not read to the end here: the caller streams the prefix and the rest to the upstream, so a
-    huge upload never sits in memory.
-    """
-    length = request.content_length
-    if length is not None and length > limit:
-        return b"", False
-    buffered = bytearray()
-    while len(buffered) <= limit:
-        chunk = await request.content.readany()
-        if not chunk:
-            return bytes(buffered), True
-        buffered += chunk
-    return bytes(buffered), False
-
-
-async def _chain(prefix: bytes, content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    if prefix:
-        yield prefix
-    async for chunk in content.iter_any():
-        yield chunk
-
-
-async def _read(upstream: aiohttp.ClientResponse) -> bytes:
-    """The next piece of the upstream body as it arrived (b"" at its end)."""
-    try:
-        return await upstream.content.readany()
-    except (aiohttp.ClientError, OSError) as exc:
-        raise _UpstreamBroke(str(exc)) from exc
-
-
-async def _write(resp: web.StreamResponse, chunk: bytes) -> None:
-    # Backpressure: write() waits while the transport's buffer is above its high-water mark, so a slow client
-    # slows our reads from the upstream (and TCP flow control slows the upstream) instead of growing a buffer.
-    try:
-        await resp.write(chunk)
-    except ConnectionError as exc:
-        raise _ClientGone(str(exc)) from exc
-
-
-def _break_client_connection(request: web.Request) -> None:
-    """Close the client connection after what was written so far, without ending the response properly.
-
-    The client then sees a chunked body without its last chunk (or fewer bytes than Content-Length): a broken
-    stream, exactly like the upstream's, rather than a complete-looking one. ``close`` (not ``abort``) flushes the
-    bytes already written, which the upstream did send.
-    """
-    transport = request.transport
-    if transport is not None:
-        transport.close()
 
 
 # --------------------------------------------------------------------------- one exchange
@@ -281,13 +210,14 @@ class _Exchange:
     stream. Responses that are not token streams never create one.
     """
 
-    def __init__(self, proxy: _Proxy, request: web.Request, arrival: float, body: bytes | None) -> None:
+    def __init__(self, proxy: _Proxy, path: str, headers: http1.Headers, arrival: float) -> None:
         self.proxy = proxy
-        self.path = request.path
+        self.path = path
         self.arrival = arrival
-        self.body = body  # None when too large to have been buffered
-        self.user_id = request.headers.get(proxy.settings.user_id_header) if proxy.settings.user_id_header else None
-        self.request_id = request.headers.get(proxy.settings.request_id_header)
+        self.body: bytes | None = b""  # set once the request body has arrived; None when too large to be kept
+        settings = proxy.settings
+        self.user_id = _text(http1.header(headers, settings.user_id_header)) if settings.user_id_header else None
+        self.request_id = _text(http1.header(headers, settings.request_id_header))
         self.content_type: str | None = None  # of the response, once it has arrived
         self.classified = False  # counted as a stream or a pass-through
         self.error_status: str | None = None
@@ -403,17 +333,83 @@ class _Exchange:
 
 
 class _Proxy:
-    """The request handlers, sharing settings, telemetry, counters and the upstream client session."""
+    """Settings, telemetry, counters, the upstream connection pool and the client connections of one sidecar.
+
+    ``create_sidecar_app`` returns one; ``serve_sidecar`` serves it.
+    """
 
     def __init__(self, settings: _Settings, metrics: TokenMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
         self.stats = SidecarStats()
         self.draining = False
-        self._session: aiohttp.ClientSession | None = None
+        url = settings.url
+        self.upstream_host = url.raw_host or ""
+        self.upstream_port = url.port or (443 if url.scheme == "https" else 80)
+        self.upstream_ssl = ssl.create_default_context() if url.scheme == "https" else None
+        self.upstream_authority = url.raw_authority.encode()
+        self.upstream_prefix = url.raw_path.rstrip("/").encode()
+        self.idle: list[_Upstream] = []  # kept-alive upstream connections, most recently used last
+        self.clients: set[_Client] = set()
+        self.idle_event = asyncio.Event()  # set whenever no request is in flight
+        self.idle_event.set()
+        self._connecting: set[asyncio.Task[None]] = set()
         # Chunks relayed but not yet measured, in arrival order, and whether a callback will measure them.
         self._unmeasured: list[tuple[_Exchange, bytes, float]] = []
         self._measure_scheduled = False
+
+    # -- in flight
+
+    def started(self) -> None:
+        self.stats.in_flight += 1
+        self.idle_event.clear()
+
+    def ended(self) -> None:
+        self.stats.in_flight -= 1
+        if self.stats.in_flight == 0:
+            self.idle_event.set()
+
+    # -- upstream connections
+
+    def lease(self, hop: _Hop) -> None:
+        """Give ``hop`` a kept-alive upstream connection, or open one for it."""
+        while self.idle:
+            upstream = self.idle.pop()
+            if not upstream.transport.is_closing():
+                hop.attach(upstream)
+                return
+        task = asyncio.get_running_loop().create_task(self._connect(hop))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, hop: _Hop) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, upstream = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Upstream(self),
+                    self.upstream_host,
+                    self.upstream_port,
+                    ssl=self.upstream_ssl,
+                    server_hostname=self.upstream_host if self.upstream_ssl else None,
+                ),
+                CONNECT_TIMEOUT_S,
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            hop.unavailable(f"upstream unavailable: {exc or type(exc).__name__}")
+            return
+        if hop.finished:  # the client left while the connection was being opened
+            upstream.transport.close()
+            return
+        hop.attach(upstream)
+
+    def release(self, upstream: _Upstream) -> None:
+        if self.draining or upstream.transport.is_closing():
+            upstream.transport.close()
+        else:
+            self.idle.append(upstream)
+
+    # -- measuring
 
     def measure_later(self, exchange: _Exchange, chunk: bytes, arrived: float) -> None:
         """Measure ``chunk`` once the chunks ready now have been relayed.
@@ -435,158 +431,7 @@ class _Proxy:
         for exchange, chunk, arrived in unmeasured:
             exchange.feed(chunk, arrived)
 
-    async def session_context(self, app: web.Application) -> AsyncIterator[None]:
-        """cleanup_ctx: one client session (and its connection pool) for the app's lifetime."""
-        self._session = aiohttp.ClientSession(
-            auto_decompress=False,  # relay the bytes exactly as sent, compressed or not
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
-            # No pool limit: the sidecar's concurrency is its clients', and a limit would queue their requests
-            # inside the proxy, adding to the TTFT it measures.
-            connector=aiohttp.TCPConnector(limit=0),
-            # Never keep one client's cookies and send them with another client's requests.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=_NO_AUTO_HEADERS,
-        )
-        try:
-            yield
-        finally:
-            await self._session.close()
-            self._session = None
-
-    async def on_shutdown(self, app: web.Application) -> None:
-        self.draining = True
-
-    # -- the sidecar's own endpoints
-
-    async def health(self, request: web.Request) -> web.Response:
-        if self.draining:
-            return web.json_response({"status": "draining"}, status=503)
-        return web.json_response({"status": "serving"})
-
-    async def stats_endpoint(self, request: web.Request) -> web.Response:
-        return web.json_response({**asdict(self.stats), "draining": self.draining})
-
-    async def reserved(self, request: web.Request) -> web.Response:
-        return _json_error(404, "not_found", f"{request.path} is reserved for the tokenlat sidecar")
-
-    # -- proxying
-
-    async def proxy(self, request: web.Request) -> web.StreamResponse:
-        stats = self.stats
-        stats.requests += 1
-        if self.draining:
-            stats.rejected += 1
-            return _json_error(503, "draining", "the tokenlat sidecar is shutting down")
-        stats.in_flight += 1
-        try:
-            return await self._proxy(request, self.metrics.clock())
-        finally:
-            stats.in_flight -= 1
-
-    async def _proxy(self, request: web.Request, arrival: float) -> web.StreamResponse:
-        try:
-            body, complete = await self._read_body(request)
-        except asyncio.CancelledError:  # the client went away while uploading
-            self.stats.client_disconnects += 1
-            raise
-        exchange = _Exchange(self, request, arrival, body if complete else None)
-        data: bytes | AsyncIterator[bytes] | None = None
-        if request.body_exists:
-            data = body if complete else _chain(body, request.content)
-        try:
-            upstream = await self._send(request, data)
-        except (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError) as exc:  # only connecting has a timeout
-            self.stats.upstream_unavailable += 1
-            exchange.finish(UPSTREAM_UNAVAILABLE)
-            return _json_error(502, UPSTREAM_UNAVAILABLE, f"upstream unavailable: {exc}")
-        except aiohttp.ClientError as exc:
-            self.stats.upstream_resets += 1
-            exchange.finish(UPSTREAM_RESET)
-            return _json_error(502, UPSTREAM_RESET, f"upstream closed the connection or answered garbage: {exc}")
-        except asyncio.CancelledError:
-            self.stats.client_disconnects += 1
-            exchange.finish(CANCELLED)
-            raise
-        try:
-            return await self._relay(request, upstream, exchange)
-        finally:
-            upstream.release()
-
-    async def _read_body(self, request: web.Request) -> tuple[bytes, bool]:
-        """A small body in full (for its model and stream flag), else at most its first ``max_json_body`` bytes.
-
-        Any content type: JSON often arrives without one, or as curl's form-urlencoded default; the size limit is
-        what protects memory, and a non-JSON body simply has no model.
-        """
-        if not request.body_exists:
-            return b"", True
-        return await _read_prefix(request, self.settings.max_json_body)
-
-    async def _send(self, request: web.Request, data: bytes | AsyncIterator[bytes] | None) -> aiohttp.ClientResponse:
-        assert self._session is not None, "the app is not running"
-        url = URL(self.settings.upstream + request.raw_path, encoded=True)  # raw: no re-encoding of path or query
-        return await self._session.request(
-            request.method,
-            url,
-            headers=_end_to_end(request.headers, _REQUEST_ONLY),
-            data=data,
-            allow_redirects=False,  # redirects are the client's business
-        )
-
-    async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: _Exchange
-    ) -> web.StreamResponse:
-        """Relay status, headers and body; measure the body if it is a token stream; record how it ended."""
-        exchange.content_type = upstream.headers.get("Content-Type", "")
-        if upstream.status >= 400:
-            self.stats.upstream_errors += 1
-            if exchange.would_be_stream():
-                exchange.error_status = str(upstream.status)
-        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=_end_to_end(upstream.headers))
-        error: str | None = CANCELLED  # what a CancelledError (client gone, or drain timeout) leaves behind
-        try:
-            await self._pump(request, resp, upstream, exchange)
-            error = None
-        except _ClientGone:
-            self.stats.client_disconnects += 1
-            upstream.close()  # stop reading: the upstream sees the disconnect and can stop generating
-        except _UpstreamBroke:
-            self.stats.upstream_resets += 1
-            error = UPSTREAM_RESET
-            _break_client_connection(request)
-        except asyncio.CancelledError:
-            self.stats.client_disconnects += 1
-            upstream.close()
-            raise
-        finally:
-            if not exchange.classified:  # ended before its first chunk
-                self._count(exchange, exchange.error_status is None and exchange.would_be_stream())
-            exchange.finish(error)
-        return resp
-
-    async def _pump(
-        self, request: web.Request, resp: web.StreamResponse, upstream: aiohttp.ClientResponse, exchange: _Exchange
-    ) -> None:
-        try:
-            await resp.prepare(request)  # headers go out at once, before the first token
-        except ConnectionError as exc:
-            raise _ClientGone(str(exc)) from exc
-        clock = self.metrics.clock
-        chunk = await _read(upstream)
-        arrived = clock()  # a token's time is when it arrived, not when a slow client took it
-        self._classify(exchange, upstream.status, chunk)
-        while chunk:
-            # Relay first, measure after: no client waits for a parse (see measure_later).
-            await _write(resp, chunk)
-            self.measure_later(exchange, chunk, arrived)
-            chunk = await _read(upstream)
-            arrived = clock()
-        try:
-            await resp.write_eof()
-        except ConnectionError as exc:
-            raise _ClientGone(str(exc)) from exc
-
-    def _classify(self, exchange: _Exchange, status: int, head: bytes) -> None:
+    def classify(self, exchange: _Exchange, status: int, head: bytes) -> None:
         """Decide from the first chunk whether the response is a token stream to measure."""
         fmt: str | None = None
         if 200 <= status < 300:
@@ -595,21 +440,492 @@ class _Proxy:
                 fmt = self.settings.fmt or detected
             elif self.settings.fmt is not None and _wants_stream(exchange.path, exchange.parsed_body()):
                 fmt = self.settings.fmt  # a fixed format measures what auto-detection does not recognise
-        self._count(exchange, fmt is not None)
+        self.count(exchange, fmt is not None)
         if fmt is not None:
             exchange.start_stream(fmt)
 
-    def _count(self, exchange: _Exchange, stream: bool) -> None:
+    def count(self, exchange: _Exchange, stream: bool) -> None:
         exchange.classified = True
         if stream:
             self.stats.streams += 1
         else:
             self.stats.passthrough += 1
 
+    # -- the sidecar's own endpoints
+
+    def control(self, method: bytes, path: str) -> bytes:
+        if path not in (HEALTH_PATH, STATS_PATH):
+            return _json_error(404, "not_found", f"{path} is reserved for the tokenlat sidecar")
+        if method != b"GET":
+            return _json_error(405, "method_not_allowed", f"{path} answers GET only")
+        if path == STATS_PATH:
+            return http1.json_response(200, {**asdict(self.stats), "draining": self.draining})
+        if self.draining:
+            return http1.json_response(503, {"status": "draining"})
+        return http1.json_response(200, {"status": "serving"})
+
+
+@dataclass
+class _Request:
+    """A request head as httptools parsed it."""
+
+    method: bytes
+    target: bytes  # path and query exactly as received: never re-encoded
+    path: str  # decoded, for the sidecar's own decisions
+    headers: list[tuple[bytes, bytes]]
+    version: str
+    keep_alive: bool
+    arrival: float
+
+    @property
+    def chunked(self) -> bool:
+        return http1.header(self.headers, b"transfer-encoding") is not None
+
+    def upstream_head(self, proxy: _Proxy) -> bytes:
+        fields = http1.end_to_end(self.headers, _REQUEST_ONLY)
+        fields.insert(0, (b"Host", proxy.upstream_authority))
+        if self.chunked:
+            fields.append((b"Transfer-Encoding", b"chunked"))
+        elif (length := http1.header(self.headers, b"content-length")) is not None:
+            fields.append((b"Content-Length", length))
+        return http1.request_head(self.method, proxy.upstream_prefix + self.target, fields)
+
+
+class _Hop:
+    """One request relayed: the client's request to an upstream connection, its response back, and its measure.
+
+    The response's body goes from the upstream connection's parser straight to the client's transport, in the
+    same callback: no task wakes up per chunk.
+    """
+
+    def __init__(self, proxy: _Proxy, client: _Client, request: _Request) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.request = request
+        self.exchange = _Exchange(proxy, request.path, request.headers, request.arrival)
+        self.upstream: _Upstream | None = None
+        self.pending: list[bytes] = []  # framed body bytes waiting for the upstream connection
+        self.pending_size = 0
+        self.prefix = bytearray()  # the body's first bytes, for its model and stream flag
+        self.body_done = False
+        self.status = 0
+        self.framing: str | None = None  # of the response to the client: "length", "chunked", "close" or None
+        self.close_client = False
+        self.started = False
+        self.response_started = False
+        self.finished = False
+
+    # -- the request, client to upstream
+
+    def start(self) -> None:
+        if http1.header(self.request.headers, b"expect") is not None and not self.body_done:
+            self.client.write(http1.CONTINUE)  # the body then comes here, and goes on from here
+        self.started = True
+        self.proxy.started()
+        self.proxy.lease(self)
+
+    def attach(self, upstream: _Upstream) -> None:
+        self.upstream = upstream
+        upstream.hop = self
+        upstream.transport.write(self.request.upstream_head(self.proxy) + b"".join(self.pending))
+        self.pending.clear()
+        self.pending_size = 0
+        self.client.resume_reading()
+
+    def body(self, data: bytes) -> None:
+        limit = self.proxy.settings.max_json_body
+        if self.exchange.body is not None:
+            self.prefix += data
+            if len(self.prefix) > limit:
+                self.exchange.body, self.prefix = None, bytearray()
+        framed = http1.chunk(data) if self.request.chunked else data
+        self._send(framed)
+
+    def body_end(self) -> None:
+        self.body_done = True
+        if self.exchange.body is not None:
+            self.exchange.body = bytes(self.prefix)
+        if self.request.chunked:
+            self._send(http1.LAST_CHUNK)
+
+    def _send(self, data: bytes) -> None:
+        if self.finished:
+            return
+        if self.upstream is not None:
+            self.upstream.transport.write(data)
+            return
+        self.pending.append(data)
+        self.pending_size += len(data)
+        if self.pending_size > _PENDING_LIMIT:
+            self.client.pause_reading()
+
+    # -- the response, upstream to client
+
+    def response_head(self, status: int, reason: bytes, headers: http1.Headers) -> bool:
+        """Relay a response head; False when it was an interim (1xx) one, and the real response is still to come."""
+        client, request, exchange = self.client, self.request, self.exchange
+        if 100 <= status < 200:
+            client.write(http1.response_head(status, reason, http1.end_to_end(headers)))
+            return False
+        self.status = status
+        exchange.content_type = _text(http1.header(headers, b"content-type"))
+        if status >= 400:
+            self.proxy.stats.upstream_errors += 1
+            if exchange.would_be_stream():
+                exchange.error_status = str(status)
+        fields = http1.end_to_end(headers)
+        length = http1.header(headers, b"content-length")
+        chunked = http1.header(headers, b"transfer-encoding") is not None
+        if request.method == b"HEAD" or status in (204, 304):
+            self.framing = None
+            if length is not None:
+                fields.append((b"Content-Length", length))
+        elif length is not None and not chunked:
+            self.framing = "length"
+            fields.append((b"Content-Length", length))
+        elif request.version == "1.1":
+            self.framing = "chunked"
+            fields.append((b"Transfer-Encoding", b"chunked"))
+        else:
+            self.framing = "close"  # an HTTP/1.0 client: the end of the body is the end of the connection
+        self.close_client = self.framing == "close" or not request.keep_alive or self.proxy.draining
+        if self.close_client:
+            fields.append((b"Connection", b"close"))
+        client.write(http1.response_head(status, reason, fields))
+        self.response_started = True
+        return True
+
+    def response_body(self, data: bytes, arrived: float) -> None:
+        if not data or self.finished:
+            return
+        exchange = self.exchange
+        if not exchange.classified:
+            self.proxy.classify(exchange, self.status, data)
+        self.client.write(http1.chunk(data) if self.framing == "chunked" else data)
+        self.proxy.measure_later(exchange, data, arrived)
+
+    def response_end(self, reusable: bool) -> None:
+        """The response is complete; ``reusable``: the upstream connection may serve another request."""
+        if self.framing == "chunked":
+            self.client.write(http1.LAST_CHUNK)
+        upstream = self.upstream
+        self._finish(None)
+        if upstream is not None:
+            upstream.hop = None
+            if reusable and self.body_done:
+                self.proxy.release(upstream)
+            else:
+                upstream.transport.close()
+        self.client.hop_done(self)
+
+    # -- failures
+
+    def unavailable(self, message: str) -> None:
+        if self.finished:
+            return
+        self.proxy.stats.upstream_unavailable += 1
+        self._finish(UPSTREAM_UNAVAILABLE)
+        self._answer_error(_json_error(502, UPSTREAM_UNAVAILABLE, message, close=not self.body_done))
+
+    def upstream_broke(self, message: str) -> None:
+        """The upstream connection closed or sent garbage before the response was complete."""
+        if self.finished:
+            return
+        self.proxy.stats.upstream_resets += 1
+        if self.upstream is not None:
+            self.upstream.hop = None
+            self.upstream.transport.close()
+        self._finish(UPSTREAM_RESET)
+        if self.response_started:
+            # What was relayed stays relayed; closing without the body's end shows the client a broken stream,
+            # as the upstream's own connection would have.
+            self.client.close()
+        else:
+            self._answer_error(
+                _json_error(502, UPSTREAM_RESET, f"upstream closed the connection or answered garbage: {message}")
+            )
+
+    def client_gone(self) -> None:
+        if self.finished:
+            return
+        self.proxy.stats.client_disconnects += 1
+        if self.upstream is not None:  # stop reading: the upstream sees the disconnect and can stop generating
+            self.upstream.hop = None
+            self.upstream.transport.close()
+        self._finish(CANCELLED)
+
+    def _answer_error(self, response: bytes) -> None:
+        self.client.write(response)
+        self.close_client = self.close_client or not self.body_done or not self.request.keep_alive
+        self.client.hop_done(self)
+
+    def _finish(self, error: str | None) -> None:
+        self.finished = True
+        exchange = self.exchange
+        if not exchange.classified:  # ended before its first chunk
+            self.proxy.count(exchange, exchange.error_status is None and exchange.would_be_stream())
+        exchange.finish(error)
+        self.proxy.ended()
+
+
+class _Client(asyncio.Protocol):
+    """One client connection: its requests parsed by httptools and relayed one at a time, in order."""
+
+    def __init__(self, proxy: _Proxy) -> None:
+        self.proxy = proxy
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.hops: deque[_Hop | bytes] = deque()  # the active request first; bytes: a whole answer of our own
+        self.parsing: _Hop | bytes | None = None
+        self._url = bytearray()
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._paused = False
+
+    # -- the connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.proxy.clients.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.proxy.clients.discard(self)
+        self.transport = None
+        for item in self.hops:
+            if isinstance(item, _Hop) and item.started:  # only the first; the ones queued behind never started
+                item.client_gone()
+        self.hops.clear()
+
+    @property
+    def active(self) -> _Hop | bytes | None:
+        return self.hops[0] if self.hops else None
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and self._paused and len(self.hops) <= 1:
+            self._paused = False
+            self.transport.resume_reading()
+
+    # Flow control, response side: a slow client slows the reading of its upstream (and TCP, the upstream).
+    def pause_writing(self) -> None:
+        hop = self.active
+        if isinstance(hop, _Hop) and hop.upstream is not None:
+            hop.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        hop = self.active
+        if isinstance(hop, _Hop) and hop.upstream is not None:
+            hop.upstream.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(501, "not_implemented", "the tokenlat sidecar does not relay protocol upgrades")
+        except httptools.HttpParserError as exc:
+            self._refuse(400, "bad_request", f"malformed HTTP request: {exc}")
+
+    def _refuse(self, status: int, kind: str, message: str) -> None:
+        """A request that cannot be relayed: answered once those before it are, then the connection closes."""
+        self.parser = httptools.HttpRequestParser(self)  # nothing more is read from this connection
+        self.pause_reading()
+        self.hops.append(_json_error(status, kind, message, close=True))
+        self.parsing = None
+        self._next()
+
+    # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._url.clear()
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        proxy, parser = self.proxy, self.parser
+        arrival = proxy.metrics.clock()
+        target = bytes(self._url)
+        path = _decoded_path(target)
+        if path.startswith(CONTROL_PREFIX):
+            self.parsing = proxy.control(parser.get_method(), path)
+        else:
+            proxy.stats.requests += 1
+            if proxy.draining:
+                proxy.stats.rejected += 1
+                self.parsing = _json_error(503, "draining", "the tokenlat sidecar is shutting down", close=True)
+            else:
+                request = _Request(
+                    parser.get_method(),
+                    target,
+                    path,
+                    self._headers,
+                    parser.get_http_version(),
+                    parser.should_keep_alive(),
+                    arrival,
+                )
+                self.parsing = _Hop(proxy, self, request)
+        self.hops.append(self.parsing)
+        if len(self.hops) == 1:
+            self._start(self.parsing)
+        else:
+            self.pause_reading()  # a pipelined request: read no further until the ones before it are answered
+
+    def on_body(self, body: bytes) -> None:
+        if isinstance(self.parsing, _Hop):
+            self.parsing.body(body)
+
+    def on_message_complete(self) -> None:
+        parsing, self.parsing = self.parsing, None
+        if isinstance(parsing, _Hop):
+            parsing.body_end()
+        elif parsing is not None and parsing is self.active:
+            self._answer(parsing)
+
+    # -- one request after the other
+
+    def _start(self, item: _Hop | bytes) -> None:
+        if isinstance(item, _Hop):
+            item.start()
+        elif item is not self.parsing:  # our own answer, its request read to the end
+            self._answer(item)
+
+    def _answer(self, response: bytes) -> None:
+        self.write(response)
+        self.hops.popleft()
+        if b"\r\nConnection: close\r\n" in response.split(b"\r\n\r\n", 1)[0] + b"\r\n":
+            self.close()
+            return
+        self._next()
+
+    def hop_done(self, hop: _Hop) -> None:
+        if self.hops and self.hops[0] is hop:
+            self.hops.popleft()
+        if hop.close_client or self.proxy.draining:
+            self.close()
+            return
+        self._next()
+
+    def _next(self) -> None:
+        if self.hops:
+            self._start(self.hops[0])
+        else:
+            self.resume_reading()
+
+
+class _Upstream(asyncio.Protocol):
+    """One connection to the upstream, serving one request at a time and kept alive between them."""
+
+    def __init__(self, proxy: _Proxy) -> None:
+        self.proxy = proxy
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport
+        self.hop: _Hop | None = None
+        self.arrived = 0.0
+        self._reason = bytearray()
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._final = True  # the message being parsed is a final response, not an interim 1xx one
+        self._until_close = False  # its body ends when the connection does
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self in self.proxy.idle:
+            self.proxy.idle.remove(self)
+        hop, self.hop = self.hop, None
+        if hop is None:
+            return
+        if exc is None and self._until_close and hop.response_started:
+            hop.response_end(reusable=False)  # a body delimited by the end of the connection: complete
+        else:
+            hop.upstream_broke(str(exc) if exc else "connection closed")
+
+    # Flow control, request side: an upstream that reads slowly slows the reading of the client's body.
+    def pause_writing(self) -> None:
+        if self.hop is not None:
+            self.hop.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.hop is not None:
+            self.hop.client.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.hop is None:  # nothing asked: a server talking out of turn
+            self.transport.close()
+            return
+        self.arrived = self.proxy.metrics.clock()  # when this read returned: the time of the chunks in it
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            hop, self.hop = self.hop, None
+            self.transport.close()
+            if hop is not None:
+                hop.upstream_broke(f"malformed HTTP response: {exc}")
+
+    # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._reason.clear()
+        self._headers = []
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        hop = self.hop
+        if hop is None:
+            return
+        headers = self._headers
+        self._until_close = (
+            http1.header(headers, b"content-length") is None and http1.header(headers, b"transfer-encoding") is None
+        )
+        self._final = hop.response_head(self.parser.get_status_code(), bytes(self._reason), headers)
+        if self._final and hop.request.method == b"HEAD":
+            # The parser cannot know that a response to HEAD has no body (it would wait for Content-Length bytes):
+            # the response is complete, and this connection is not used again.
+            self.hop = None
+            self.transport.close()
+            hop.response_end(reusable=False)
+
+    def on_body(self, body: bytes) -> None:
+        if self.hop is not None:
+            self.hop.response_body(body, self.arrived)
+
+    def on_message_complete(self) -> None:
+        if self.hop is None or not self._final:
+            return  # an interim response: the final one follows on the same connection
+        self.hop.response_end(reusable=self.parser.should_keep_alive())
+
+
+def _decoded_path(target: bytes) -> str:
+    try:
+        path = httptools.parse_url(target).path or b"/"
+    except httptools.HttpParserInvalidURLError:
+        path = target.split(b"?", 1)[0]
+    return URL.build(path=path.decode("latin-1"), encoded=True).path
+
 
 # --------------------------------------------------------------------------- app and server
-
-_PROXY = web.AppKey("tokenlat_sidecar", _Proxy)
 
 
 def create_sidecar_app(
@@ -622,11 +938,12 @@ def create_sidecar_app(
     provider: str | None = None,
     max_json_body: int = 1 << 20,
     max_line_bytes: int = 1 << 20,
-) -> web.Application:
-    """The proxy as an aiohttp application. ``fmt`` fixes the stream format (None or "auto": detect it).
+) -> _Proxy:
+    """The proxy, ready to serve with ``serve_sidecar``. ``fmt`` fixes the stream format (None or "auto": detect
+    it).
 
-    ``max_json_body``: request bodies up to this size are buffered to read their JSON ``model``; larger ones are
-    streamed to the upstream as they arrive, and their requests go without gen_ai.request.model.
+    ``max_json_body``: request bodies up to this size are kept to read their JSON ``model`` (every body streams to
+    the upstream as it arrives); larger ones leave their requests without gen_ai.request.model.
     ``max_line_bytes``: a longer stream line is not parsed (it is still relayed) and is counted.
     """
     fmt = None if fmt in (None, "auto") else fmt
@@ -635,71 +952,81 @@ def create_sidecar_app(
     settings = _Settings(
         upstream=validate_upstream(upstream),
         fmt=fmt,
-        user_id_header=user_id_header or None,
-        request_id_header=request_id_header,
+        user_id_header=user_id_header.lower().encode() if user_id_header else None,
+        request_id_header=request_id_header.lower().encode(),
         provider=provider or None,
         max_json_body=max_json_body,
         max_line_bytes=max_line_bytes,
     )
-    proxy = _Proxy(settings, metrics)
-    app = web.Application()
-    app[_PROXY] = proxy
-    app.cleanup_ctx.append(proxy.session_context)
-    app.on_shutdown.append(proxy.on_shutdown)
-    app.router.add_get(HEALTH_PATH, proxy.health, allow_head=False)
-    app.router.add_get(STATS_PATH, proxy.stats_endpoint, allow_head=False)
-    app.router.add_route("*", CONTROL_PREFIX + "{tail:.*}", proxy.reserved)
-    app.router.add_route("*", "/{tail:.*}", proxy.proxy)
-    return app
+    return _Proxy(settings, metrics)
 
 
-def sidecar_stats(app: web.Application) -> SidecarStats:
+def sidecar_stats(app: _Proxy) -> SidecarStats:
     """The app's live counters (the same object ``GET /-/tokenlat/stats`` serves)."""
-    return app[_PROXY].stats
+    return app.stats
 
 
-def begin_drain(app: web.Application) -> None:
+def begin_drain(app: _Proxy) -> None:
     """Start draining: health answers 503 and new requests get 503, while in-flight ones go on.
 
     ``runner.cleanup()`` does this too; calling it first lets a load balancer notice before the port closes.
     """
-    app[_PROXY].draining = True
+    app.draining = True
+
+
+@dataclass
+class SidecarRunner:
+    """A serving sidecar; ``await cleanup()`` shuts it down gracefully."""
+
+    proxy: _Proxy
+    server: asyncio.Server
+    drain_timeout: float
+    _closed: bool = field(default=False, repr=False)
+
+    async def cleanup(self) -> None:
+        """Stop accepting, let in-flight requests finish for up to ``drain_timeout`` seconds, cancel the rest
+        (recorded as "cancelled"), close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        proxy = self.proxy
+        proxy.draining = True
+        self.server.close()
+        for client in list(proxy.clients):
+            if not client.hops:  # idle keep-alive connections: nothing to wait for
+                client.close()
+        try:
+            await asyncio.wait_for(proxy.idle_event.wait(), self.drain_timeout)
+        except asyncio.TimeoutError:
+            log.warning("tokenlat sidecar: %d request(s) in flight at the drain timeout", proxy.stats.in_flight)
+        for client in list(proxy.clients):
+            if client.transport is not None:
+                client.transport.abort()  # connection_lost records what was cut short as cancelled
+        for upstream in proxy.idle:
+            upstream.transport.close()
+        proxy.idle.clear()
+        proxy.measure_now()
+        await self.server.wait_closed()
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    # One socket, so port 0 yields one well-defined port (TCPSite binds every address a name resolves to).
+    # One socket, so port 0 yields one well-defined port (a name may resolve to several addresses).
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, address = infos[0]
     return socket.create_server(address, family=family)
 
 
-async def serve_sidecar(
-    app: web.Application, host: str, port: int, *, drain_timeout: float = 30.0
-) -> tuple[web.AppRunner, int]:
+async def serve_sidecar(app: _Proxy, host: str, port: int, *, drain_timeout: float = 30.0) -> tuple[SidecarRunner, int]:
     """Serve ``app`` in the running loop; returns the runner and the bound port.
 
     ``await runner.cleanup()`` shuts down gracefully: it stops accepting connections, lets in-flight requests
     finish for up to ``drain_timeout`` seconds, cancels what is left (recorded as "cancelled"), then closes the
-    upstream session.
+    upstream connections.
     """
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        shutdown_timeout=drain_timeout,
-        # A client disconnect cancels its handler at once, even while it waits for the next upstream chunk, so
-        # the upstream connection is closed right away instead of at the next write.
-        handler_cancellation=True,
-    )
-    await runner.setup()
+    sock = _bind(host, port)
     try:
-        sock = _bind(host, port)
-    except BaseException:
-        await runner.cleanup()
-        raise
-    try:
-        await web.SockSite(runner, sock).start()
+        server = await asyncio.get_running_loop().create_server(lambda: _Client(app), sock=sock)
     except BaseException:
         sock.close()
-        await runner.cleanup()
         raise
-    return runner, sock.getsockname()[1]
+    return SidecarRunner(app, server, drain_timeout), sock.getsockname()[1]

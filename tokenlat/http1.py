@@ -1,0 +1,77 @@
+"""The HTTP/1.1 wire pieces the sidecar writes: message heads, header filtering and chunk framing.
+
+Parsing is httptools' (llhttp, Node.js's parser): nothing here reads HTTP. What a proxy must write itself is
+small and fixed by RFC 9112: a start line, the header fields, and the body's framing, which a proxy always
+chooses anew for each hop (it forwards neither Content-Length nor Transfer-Encoding blindly, so that the two
+hops cannot disagree about where a message ends).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from http import HTTPStatus
+from typing import Any
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+# RFC 9110 section 7.6.1: hop-by-hop fields describe one connection and are not forwarded; "Proxy-*" is matched
+# by prefix, and the fields a Connection header names are dropped as well. Content-Length and
+# Transfer-Encoding are framing, set anew per hop.
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"content-length"}
+)
+
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def header(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of the field ``name`` (lowercase), or None."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def end_to_end(headers: Headers, drop: Iterable[bytes] = ()) -> list[tuple[bytes, bytes]]:
+    """``headers`` without the hop-by-hop and framing fields (and ``drop``, lowercase); repeated fields kept."""
+    named = {
+        token.strip().lower() for key, value in headers if key.lower() == b"connection" for token in value.split(b",")
+    }
+    dropped = HOP_BY_HOP | named | frozenset(drop)
+    return [(k, v) for k, v in headers if (lower := k.lower()) not in dropped and not lower.startswith(b"proxy-")]
+
+
+def _fields(headers: Headers) -> bytes:
+    return b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+
+
+def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
+    return method + b" " + target + b" HTTP/1.1\r\n" + _fields(headers) + b"\r\n"
+
+
+def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
+    if not reason:
+        try:
+            reason = HTTPStatus(status).phrase.encode()
+        except ValueError:
+            reason = b"Unknown"
+    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, _fields(headers))
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of a chunked body (never empty: an empty chunk ends the body)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def json_response(status: int, payload: Any, *, close: bool = False) -> bytes:
+    """A whole response with a JSON body (the sidecar's own answers and errors)."""
+    body = json.dumps(payload).encode()
+    fields: list[tuple[bytes, bytes]] = [
+        (b"Content-Type", b"application/json; charset=utf-8"),
+        (b"Content-Length", str(len(body)).encode()),
+    ]
+    if close:
+        fields.append((b"Connection", b"close"))
+    return response_head(status, b"", fields) + body
