@@ -745,6 +745,122 @@ def accepts(port: int) -> bool:
         return False
 
 
+# --------------------------------------------------------------------------- the wire, byte by byte
+# The sidecar writes HTTP/1.1 itself (httptools parses it): the framing cases no aiohttp peer would produce.
+
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
+
+
+@asynccontextmanager
+async def raw_upstream(handler: RawHandler) -> AsyncIterator[str]:
+    """An upstream that writes exactly the bytes ``handler`` writes."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+async def raw_request(url: str, data: bytes) -> bytes:
+    """Send ``data`` as it is and read everything until the sidecar closes the connection."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(), POLL_DEADLINE_S)
+    finally:
+        writer.close()
+
+
+def test_pipelined_requests_are_answered_in_order(otel: Otel) -> None:
+    async def echo_path(request: web.Request) -> web.Response:
+        return web.Response(text=request.path)
+
+    async def body() -> bytes:
+        async with running_upstream(echo_path) as upstream, running_sidecar(upstream, otel) as sidecar:
+            two = b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            return await raw_request(sidecar.url, two)
+
+    answer = run(body)
+    assert answer.count(b"HTTP/1.1 200 OK") == 2
+    assert answer.index(b"/first") < answer.index(b"/second")
+
+
+def test_a_body_delimited_by_the_end_of_the_connection_is_relayed_whole(otel: Otel) -> None:
+    stream = openai_chunk("a") + openai_chunk("b") + sse("[DONE]")
+
+    async def closing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        await reader.readexactly(len(json.dumps(chat_body())))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + stream)
+        writer.close()  # no Content-Length, no chunks: the end of the connection ends the body
+
+    async def body() -> tuple[bytes, bytes]:
+        async with raw_upstream(closing) as upstream, running_sidecar(upstream, otel) as sidecar:
+            async with raw_session() as s:
+                got = await fetch(s, "POST", sidecar.url + CHAT, json=chat_body())
+            # An HTTP/1.0 client cannot take chunks: its body ends with the connection too.
+            request = json.dumps(chat_body()).encode()
+            head = b"POST %s HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % (CHAT.encode(), len(request))
+            return got.body, await raw_request(sidecar.url, head + request)
+
+    chunked_client, http10_client = run(body)
+    assert chunked_client == stream
+    assert http10_client.endswith(b"\r\n\r\n" + stream) and b"chunked" not in http10_client
+    metrics = otel.collect()
+    assert output_tokens(metrics) == 4 and error_types(metrics) == [None, None]
+
+
+def test_interim_responses_and_expect_continue(otel: Otel) -> None:
+    async def hinting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_head(reader)
+        assert b"expect" not in head.lower()  # the sidecar answered it
+        await reader.readexactly(2)
+        writer.write(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        )
+        await writer.drain()
+
+    async def body() -> bytes:
+        async with raw_upstream(hinting) as upstream, running_sidecar(upstream, otel) as sidecar:
+            host, port = sidecar.url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                writer.write(b"PUT /x HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+                assert await read_head(reader) == b"HTTP/1.1 100 Continue\r\n\r\n"  # before the body is sent
+                writer.write(b"hi")
+                return await read_head(reader) + await read_head(reader) + await reader.readexactly(2)
+            finally:
+                writer.close()
+
+    answer = run(body)
+    assert answer.startswith(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b"\r\n\r\nok")
+
+
+def test_malformed_requests_and_responses_are_refused_cleanly(otel: Otel) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+
+    async def body() -> tuple[bytes, Reply]:
+        async with raw_upstream(garbage) as upstream, running_sidecar(upstream, otel) as sidecar:
+            bad_request = await raw_request(sidecar.url, b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n")
+            async with raw_session() as s:
+                bad_response = await fetch(s, "GET", sidecar.url + "/v1/models")
+            assert sidecar.stats.upstream_resets == 1
+            return bad_request, bad_response
+
+    bad_request, bad_response = run(body)
+    assert bad_request.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert bad_response.status == 502 and json.loads(bad_response.body)["error"]["type"] == UPSTREAM_RESET
+
+
 # --------------------------------------------------------------------------- small pieces
 
 

@@ -476,10 +476,10 @@ class _Request:
     version: str
     keep_alive: bool
     arrival: float
+    chunked: bool = field(init=False)  # the body arrives chunked
 
-    @property
-    def chunked(self) -> bool:
-        return http1.header(self.headers, b"transfer-encoding") is not None
+    def __post_init__(self) -> None:
+        self.chunked = http1.header(self.headers, b"transfer-encoding") is not None
 
     def upstream_head(self, proxy: _Proxy) -> bytes:
         fields = http1.end_to_end(self.headers, _REQUEST_ONLY)
@@ -527,6 +527,8 @@ class _Hop:
     def attach(self, upstream: _Upstream) -> None:
         self.upstream = upstream
         upstream.hop = self
+        if self.client.write_paused:  # the client is still taking an earlier response: read at its pace
+            upstream.transport.pause_reading()
         upstream.transport.write(self.request.upstream_head(self.proxy) + b"".join(self.pending))
         self.pending.clear()
         self.pending_size = 0
@@ -613,6 +615,7 @@ class _Hop:
         if upstream is not None:
             upstream.hop = None
             if reusable and self.body_done:
+                upstream.transport.resume_reading()  # paused for this client, maybe: the next one may be faster
                 self.proxy.release(upstream)
             else:
                 upstream.transport.close()
@@ -680,6 +683,7 @@ class _Client(asyncio.Protocol):
         self._url = bytearray()
         self._headers: list[tuple[bytes, bytes]] = []
         self._paused = False
+        self.write_paused = False
 
     # -- the connection
 
@@ -720,11 +724,13 @@ class _Client(asyncio.Protocol):
 
     # Flow control, response side: a slow client slows the reading of its upstream (and TCP, the upstream).
     def pause_writing(self) -> None:
+        self.write_paused = True
         hop = self.active
         if isinstance(hop, _Hop) and hop.upstream is not None:
             hop.upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         hop = self.active
         if isinstance(hop, _Hop) and hop.upstream is not None:
             hop.upstream.transport.resume_reading()
@@ -819,6 +825,7 @@ class _Client(asyncio.Protocol):
         if hop.close_client or self.proxy.draining:
             self.close()
             return
+        self.resume_reading()  # a pause for this request's body (its upstream was slow) ends with it
         self._next()
 
     def _next(self) -> None:
