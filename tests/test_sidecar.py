@@ -851,6 +851,10 @@ def test_malformed_requests_and_responses_are_refused_cleanly(otel: Otel) -> Non
     async def body() -> tuple[bytes, Reply]:
         async with raw_upstream(garbage) as upstream, running_sidecar(upstream, otel) as sidecar:
             bad_request = await raw_request(sidecar.url, b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n")
+            upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            refused = await raw_request(sidecar.url, upgrade)
+            assert refused.startswith(b"HTTP/1.1 501 Not Implemented\r\n") and refused.count(b"HTTP/1.1") == 1
+            assert sidecar.stats.requests == 0  # neither reached the upstream
             async with raw_session() as s:
                 bad_response = await fetch(s, "GET", sidecar.url + "/v1/models")
             assert sidecar.stats.upstream_resets == 1

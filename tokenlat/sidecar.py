@@ -32,6 +32,17 @@ responses are recorded; everything else is relayed and counted as pass-through.
 
 The sidecar's own endpoints live under ``/-/tokenlat/``: a path segment of "-" is used by no inference API, and
 the whole prefix is reserved, so a request there never reaches the upstream.
+
+HTTP/1.1 is parsed by httptools (llhttp) on both sides, and the messages the sidecar writes are built by
+``tokenlat.http1``. It is built on asyncio protocols rather than an HTTP framework because of what it does per
+chunk: a response chunk goes from the upstream connection's parser callback to the client's transport in that
+same callback, with no task or future woken per chunk. On aiohttp, the same proxy spent nearly twice the CPU a
+chunk and added 1-3 ms at p99 on 2 cores (docs/benchmarks.md has today's figures).
+
+A client connection serves its requests in order (pipelined ones wait their turn), each on an upstream connection
+from a keep-alive pool; each hop gets its own body framing (Content-Length, chunked, or until close for an
+HTTP/1.0 client); flow control runs both ways (a full client buffer pauses reading the upstream, and a slow
+upstream pauses reading the client's body). Protocol upgrades are refused (501).
 """
 
 from __future__ import annotations
@@ -412,17 +423,19 @@ class _Proxy:
     # -- measuring
 
     def measure_later(self, exchange: _Exchange, chunk: bytes, arrived: float) -> None:
-        """Measure ``chunk`` once the chunks ready now have been relayed.
+        """Measure ``chunk`` once the chunks that arrive with it, and in the event loop's next turn, are relayed.
 
         Chunks of many streams often arrive together. Relaying them all before parsing any means no client waits
-        for another stream's parse; the timings are unaffected, as each chunk carries its arrival time.
+        for another stream's parse; the timings are unaffected, as each chunk carries its arrival time. A timer
+        due at once runs after the next turn's I/O callbacks (call_soon would run before them), so the chunks
+        that arrive meanwhile are relayed first too.
         """
         if exchange.parser is None:
             return
         self._unmeasured.append((exchange, chunk, arrived))
         if not self._measure_scheduled:
             self._measure_scheduled = True
-            asyncio.get_running_loop().call_soon(self.measure_now)
+            asyncio.get_running_loop().call_later(0, self.measure_now)
 
     def measure_now(self) -> None:
         """Measure every chunk waiting (also called before a stream is finished, so that none is left out)."""
@@ -739,7 +752,7 @@ class _Client(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(501, "not_implemented", "the tokenlat sidecar does not relay protocol upgrades")
+            self.pause_reading()  # refused at its head (on_headers_complete); the connection closes after it
         except httptools.HttpParserError as exc:
             self._refuse(400, "bad_request", f"malformed HTTP request: {exc}")
 
@@ -770,6 +783,9 @@ class _Client(asyncio.Protocol):
         path = _decoded_path(target)
         if path.startswith(CONTROL_PREFIX):
             self.parsing = proxy.control(parser.get_method(), path)
+        elif parser.should_upgrade():
+            message = "the tokenlat sidecar does not relay protocol upgrades (WebSocket, h2c)"
+            self.parsing = _json_error(501, "not_implemented", message, close=True)
         else:
             proxy.stats.requests += 1
             if proxy.draining:
