@@ -225,7 +225,7 @@ class _Exchange:
         self.proxy = proxy
         self.path = path
         self.arrival = arrival
-        self.body: bytes | None = b""  # set once the request body has arrived; None when too large to be kept
+        self.body: bytes | None = b""  # the request body, once it has arrived (set_body); None when too large
         settings = proxy.settings
         self.user_id = _text(http1.header(headers, settings.user_id_header)) if settings.user_id_header else None
         self.request_id = _text(http1.header(headers, settings.request_id_header))
@@ -240,6 +240,9 @@ class _Exchange:
         self._body_parsed = False
 
     # -- what the request is
+
+    def set_body(self, body: bytes | None) -> None:
+        self.body, self._body_parsed = body, False
 
     def parsed_body(self) -> Any:
         if not self._body_parsed:  # parsed only when needed: most successful streams never need it
@@ -552,14 +555,15 @@ class _Hop:
         if self.exchange.body is not None:
             self.prefix += data
             if len(self.prefix) > limit:
-                self.exchange.body, self.prefix = None, bytearray()
+                self.exchange.set_body(None)
+                self.prefix = bytearray()
         framed = http1.chunk(data) if self.request.chunked else data
         self._send(framed)
 
     def body_end(self) -> None:
         self.body_done = True
         if self.exchange.body is not None:
-            self.exchange.body = bytes(self.prefix)
+            self.exchange.set_body(bytes(self.prefix))
         if self.request.chunked:
             self._send(http1.LAST_CHUNK)
 
