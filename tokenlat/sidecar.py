@@ -688,17 +688,37 @@ class _Hop:
         self.proxy.ended()
 
 
-class _Client(asyncio.Protocol):
+class _HeadReader:
+    """What httptools reports of a message head, as it comes: the request target (on_url) or the reason phrase
+    (on_status), and the header fields, raw."""
+
+    def __init__(self) -> None:
+        self._start_line = bytearray()
+        self._headers: list[tuple[bytes, bytes]] = []
+
+    def on_message_begin(self) -> None:
+        self._start_line.clear()
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._start_line += url
+
+    on_status = on_url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+
+class _Client(_HeadReader, asyncio.Protocol):
     """One client connection: its requests parsed by httptools and relayed one at a time, in order."""
 
     def __init__(self, proxy: _Proxy) -> None:
+        super().__init__()
         self.proxy = proxy
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.hops: deque[_Hop | bytes] = deque()  # the active request first; bytes: a whole answer of our own
         self.parsing: _Hop | bytes | None = None
-        self._url = bytearray()
-        self._headers: list[tuple[bytes, bytes]] = []
         self._paused = False
         self.write_paused = False
 
@@ -768,22 +788,12 @@ class _Client(asyncio.Protocol):
         self.parsing = None
         self._next()
 
-    # -- httptools callbacks
-
-    def on_message_begin(self) -> None:
-        self._url.clear()
-        self._headers = []
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+    # -- httptools callbacks (and _HeadReader's)
 
     def on_headers_complete(self) -> None:
         proxy, parser = self.proxy, self.parser
         arrival = proxy.metrics.clock()
-        target = bytes(self._url)
+        target = bytes(self._start_line)
         path = _decoded_path(target)
         if path.startswith(CONTROL_PREFIX):
             self.parsing = proxy.control(parser.get_method(), path)
@@ -855,17 +865,16 @@ class _Client(asyncio.Protocol):
             self.resume_reading()
 
 
-class _Upstream(asyncio.Protocol):
+class _Upstream(_HeadReader, asyncio.Protocol):
     """One connection to the upstream, serving one request at a time and kept alive between them."""
 
     def __init__(self, proxy: _Proxy) -> None:
+        super().__init__()
         self.proxy = proxy
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport
         self.hop: _Hop | None = None
         self.arrived = 0.0
-        self._reason = bytearray()
-        self._headers: list[tuple[bytes, bytes]] = []
         self._final = True  # the message being parsed is a final response, not an interim 1xx one
         self._until_close = False  # its body ends when the connection does
 
@@ -906,17 +915,7 @@ class _Upstream(asyncio.Protocol):
             if hop is not None:
                 hop.upstream_broke(f"malformed HTTP response: {exc}")
 
-    # -- httptools callbacks
-
-    def on_message_begin(self) -> None:
-        self._reason.clear()
-        self._headers = []
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+    # -- httptools callbacks (and _HeadReader's)
 
     def on_headers_complete(self) -> None:
         hop = self.hop
@@ -926,7 +925,7 @@ class _Upstream(asyncio.Protocol):
         self._until_close = (
             http1.header(headers, b"content-length") is None and http1.header(headers, b"transfer-encoding") is None
         )
-        self._final = hop.response_head(self.parser.get_status_code(), bytes(self._reason), headers)
+        self._final = hop.response_head(self.parser.get_status_code(), bytes(self._start_line), headers)
         if self._final and hop.request.method == b"HEAD":
             # The parser cannot know that a response to HEAD has no body (it would wait for Content-Length bytes):
             # the response is complete, and this connection is not used again.
