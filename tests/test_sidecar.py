@@ -883,14 +883,29 @@ def test_operation_name_from_the_path(path: str, operation: str) -> None:
     assert operation_name(path) == operation
 
 
-@pytest.mark.parametrize("upstream", ["ftp://host", "127.0.0.1:8000", "http://", "http://h/?q=1", "http://h/#f"])
+@pytest.mark.parametrize(
+    "upstream", ["ftp://host", "127.0.0.1:8000", "http://", "http://h/?q=1", "http://h/#f", "http://u:p@h:8000"]
+)
 def test_bad_upstream_urls_are_rejected(upstream: str) -> None:
     with pytest.raises(ValueError, match=r"must|is not a URL"):
         validate_upstream(upstream)
 
 
-def test_upstream_path_prefix_is_kept() -> None:
+def test_upstream_path_prefix_is_kept(otel: Otel) -> None:
     assert validate_upstream("http://gateway:8080/llm/") == "http://gateway:8080/llm"
+
+    async def echo_path(request: web.Request) -> web.Response:
+        return web.Response(text=request.raw_path)
+
+    async def body() -> bytes:
+        async with (
+            running_upstream(echo_path) as upstream,
+            running_sidecar(upstream + "/llm/", otel) as sidecar,
+            raw_session() as s,
+        ):
+            return (await fetch(s, "GET", sidecar.url + "/v1/models?x=%20")).body
+
+    assert run(body) == b"/llm/v1/models?x=%20"
 
 
 def test_unknown_format_is_rejected(otel: Otel) -> None:

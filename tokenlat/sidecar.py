@@ -160,6 +160,8 @@ def validate_upstream(upstream: str) -> str:
         raise ValueError(f"{upstream!r} must be an http:// or https:// URL with a host")
     if url.query_string or url.fragment:
         raise ValueError(f"{upstream!r} must not have a query or a fragment")
+    if url.raw_user or url.raw_password:
+        raise ValueError(f"{upstream!r} must not carry credentials: clients send theirs, and the sidecar relays them")
     return str(url).rstrip("/")
 
 
@@ -534,7 +536,8 @@ class _Hop:
     # -- the request, client to upstream
 
     def start(self) -> None:
-        if http1.header(self.request.headers, b"expect") is not None and not self.body_done:
+        expect = http1.header(self.request.headers, b"expect")
+        if expect is not None and expect.lower() == b"100-continue" and not self.body_done:
             self.client.write(http1.CONTINUE)  # the body then comes here, and goes on from here
         self.started = True
         self.proxy.started()
