@@ -730,6 +730,7 @@ class _Client(_HeadReader, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        _no_delay(transport)
         self.proxy.clients.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -944,6 +945,15 @@ class _Upstream(_HeadReader, asyncio.Protocol):
         if self.hop is None or not self._final:
             return  # an interim response: the final one follows on the same connection
         self.hop.response_end(reusable=self.parser.should_keep_alive())
+
+
+def _no_delay(transport: asyncio.Transport) -> None:
+    """Send small writes at once. asyncio does so only for sockets it made itself: a socket bound by
+    ``socket.create_server`` (proto 0) keeps Nagle's algorithm, which held a token behind the response head until
+    the client's delayed ACK, 30-40 ms later."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _decoded_path(target: bytes) -> str:
