@@ -875,6 +875,10 @@ def test_malformed_requests_and_responses_are_refused_cleanly(otel: Otel) -> Non
             refused = await raw_request(sidecar.url, upgrade)
             assert refused.startswith(b"HTTP/1.1 501 Not Implemented\r\n") and refused.count(b"HTTP/1.1") == 1
             assert sidecar.stats.requests == 0  # neither reached the upstream
+            # Broken inside a body already on its way upstream: no answer can follow, the connection closes.
+            broken_body = b"POST /v1/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\nzz\r\n"
+            assert await raw_request(sidecar.url, broken_body) == b""
+            await until(lambda: sidecar.stats.client_disconnects == 1, "the broken request is given up")
             async with raw_session() as s:
                 bad_response = await fetch(s, "GET", sidecar.url + "/v1/models")
             assert sidecar.stats.upstream_resets == 1

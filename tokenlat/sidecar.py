@@ -648,7 +648,7 @@ class _Hop:
             return
         self.proxy.stats.upstream_unavailable += 1
         self._finish(UPSTREAM_UNAVAILABLE)
-        self._answer_error(_json_error(502, UPSTREAM_UNAVAILABLE, message, close=not self.body_done))
+        self._answer_error(UPSTREAM_UNAVAILABLE, message)
 
     def upstream_broke(self, message: str) -> None:
         """The upstream connection closed or sent garbage before the response was complete."""
@@ -664,9 +664,7 @@ class _Hop:
             # as the upstream's own connection would have.
             self.client.close()
         else:
-            self._answer_error(
-                _json_error(502, UPSTREAM_RESET, f"upstream closed the connection or answered garbage: {message}")
-            )
+            self._answer_error(UPSTREAM_RESET, f"upstream closed the connection or answered garbage: {message}")
 
     def client_gone(self) -> None:
         if self.finished:
@@ -677,9 +675,10 @@ class _Hop:
             self.upstream.transport.close()
         self._finish(CANCELLED)
 
-    def _answer_error(self, response: bytes) -> None:
-        self.client.write(response)
-        self.close_client = self.close_client or not self.body_done or not self.request.keep_alive
+    def _answer_error(self, kind: str, message: str) -> None:
+        """A 502 of the sidecar's own; the connection closes after it when the request's body is not all read."""
+        self.close_client = not self.body_done or not self.request.keep_alive or self.proxy.draining
+        self.client.write(_json_error(502, kind, message, close=self.close_client))
         self.client.hop_done(self)
 
     def _finish(self, error: str | None) -> None:
@@ -712,6 +711,19 @@ class _HeadReader:
         self._headers.append((name, value))
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """A whole response of the sidecar's own (its endpoints, refusals), and whether the connection closes after."""
+
+    response: bytes
+    close: bool = False
+
+    @classmethod
+    def error(cls, status: int, kind: str, message: str) -> _Answer:
+        """A refusal: the connection closes after it, as what follows on it cannot be trusted or is not wanted."""
+        return cls(_json_error(status, kind, message, close=True), close=True)
+
+
 class _Client(_HeadReader, asyncio.Protocol):
     """One client connection: its requests parsed by httptools and relayed one at a time, in order."""
 
@@ -720,8 +732,8 @@ class _Client(_HeadReader, asyncio.Protocol):
         self.proxy = proxy
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
-        self.hops: deque[_Hop | bytes] = deque()  # the active request first; bytes: a whole answer of our own
-        self.parsing: _Hop | bytes | None = None
+        self.hops: deque[_Hop | _Answer] = deque()  # in the order of the requests; the first is being answered
+        self.parsing: _Hop | _Answer | None = None
         self._paused = False
         self.write_paused = False
 
@@ -742,7 +754,7 @@ class _Client(_HeadReader, asyncio.Protocol):
         self.hops.clear()
 
     @property
-    def active(self) -> _Hop | bytes | None:
+    def active(self) -> _Hop | _Answer | None:
         return self.hops[0] if self.hops else None
 
     def write(self, data: bytes) -> None:
@@ -785,12 +797,15 @@ class _Client(_HeadReader, asyncio.Protocol):
             self._refuse(400, "bad_request", f"malformed HTTP request: {exc}")
 
     def _refuse(self, status: int, kind: str, message: str) -> None:
-        """A request that cannot be relayed: answered once those before it are, then the connection closes."""
-        self.parser = httptools.HttpRequestParser(self)  # nothing more is read from this connection
-        self.pause_reading()
-        self.hops.append(_json_error(status, kind, message, close=True))
+        """A request that cannot be parsed: answered once those before it are, then the connection closes."""
+        self.pause_reading()  # nothing more is read from this connection
+        if isinstance(self.parsing, _Hop):  # broken inside a body already on its way: no answer can follow it
+            self.close()
+            return
+        self.hops.append(_Answer.error(status, kind, message))
         self.parsing = None
-        self._next()
+        if len(self.hops) == 1:
+            self._next()
 
     # -- httptools callbacks (and _HeadReader's)
 
@@ -800,15 +815,15 @@ class _Client(_HeadReader, asyncio.Protocol):
         target = bytes(self._start_line)
         path = _decoded_path(target)
         if path.startswith(CONTROL_PREFIX):
-            self.parsing = proxy.control(parser.get_method(), path)
+            self.parsing = _Answer(proxy.control(parser.get_method(), path))
         elif parser.should_upgrade():
             message = "the tokenlat sidecar does not relay protocol upgrades (WebSocket, h2c)"
-            self.parsing = _json_error(501, "not_implemented", message, close=True)
+            self.parsing = _Answer.error(501, "not_implemented", message)
         else:
             proxy.stats.requests += 1
             if proxy.draining:
                 proxy.stats.rejected += 1
-                self.parsing = _json_error(503, "draining", "the tokenlat sidecar is shutting down", close=True)
+                self.parsing = _Answer.error(503, "draining", "the tokenlat sidecar is shutting down")
             else:
                 request = _Request(
                     parser.get_method(),
@@ -839,16 +854,16 @@ class _Client(_HeadReader, asyncio.Protocol):
 
     # -- one request after the other
 
-    def _start(self, item: _Hop | bytes) -> None:
+    def _start(self, item: _Hop | _Answer) -> None:
         if isinstance(item, _Hop):
             item.start()
         elif item is not self.parsing:  # our own answer, its request read to the end
             self._answer(item)
 
-    def _answer(self, response: bytes) -> None:
-        self.write(response)
+    def _answer(self, answer: _Answer) -> None:
+        self.write(answer.response)
         self.hops.popleft()
-        if b"\r\nConnection: close\r\n" in response.split(b"\r\n\r\n", 1)[0] + b"\r\n":
+        if answer.close:
             self.close()
             return
         self._next()
