@@ -401,12 +401,16 @@ def check_repeat(w: Workload, observed: Mapping[str, Observed]) -> list[Check]:
 
 
 def merge_checks(per_repeat: Sequence[Sequence[Check]]) -> list[Check]:
-    """One line per check: passed only if it passed on every repeat; the detail of the first failure otherwise."""
+    """One line per check name, in first-seen order: passed only if it passed every time it ran; the detail of
+    its first failure, else of its last run. A check that ran in some repeats only counts where it ran."""
+    runs: dict[str, list[Check]] = {}
+    for checks in per_repeat:
+        for check in checks:
+            runs.setdefault(check.name, []).append(check)
     merged: list[Check] = []
-    for i, first in enumerate(per_repeat[0]):
-        runs = [checks[i] for checks in per_repeat]
-        failed = [c for c in runs if not c.ok]
-        merged.append(Check(first.name, not failed, (failed[0] if failed else runs[-1]).detail))
+    for name, same in runs.items():
+        failed = [c for c in same if not c.ok]
+        merged.append(Check(name, not failed, (failed[0] if failed else same[-1]).detail))
     return merged
 
 
@@ -524,15 +528,25 @@ HEADERS = (
 )
 
 
-def text_table(result: Result) -> str:
-    rows = [HEADERS, *table_rows(result)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS))]
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table for the terminal: the first column left-aligned, the figures right-aligned (every bench's)."""
+    table = [tuple(headers), *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
     lines = [
         "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
-        for row in rows
+        for row in table
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The same table for docs/benchmarks.md, figures right-aligned."""
+    return [
+        "| " + " | ".join(headers) + " |",
+        "|---|" + "---:|" * (len(headers) - 1),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
 
 
 def notes(result: Result) -> list[str]:
@@ -562,7 +576,7 @@ def report(result: Result) -> str:
         f"{w.requests:,} requests x {w.tokens} tokens ({w.total_tokens:,} tokens), median of {result.repeat}"
         " interleaved repeats, process CPU time",
         "",
-        text_table(result),
+        text_table(HEADERS, table_rows(result)),
         "",
         *notes(result),
         "",
@@ -595,9 +609,7 @@ def markdown_figures(result: Result, command: str) -> str:
         f" median of {result.repeat} interleaved repeats.",
         "- Machine: " + ", ".join(f"{k} {v}" for k, v in result.machine.items()) + ".",
         "",
-        "| " + " | ".join(HEADERS) + " |",
-        "|---|" + "---:|" * (len(HEADERS) - 1),
-        *("| " + " | ".join(row) + " |" for row in rows),
+        *markdown_table(HEADERS, rows),
         "",
         *(f"- {line}" for line in notes(result)),
         "",

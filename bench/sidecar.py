@@ -54,7 +54,17 @@ from opentelemetry.sdk.metrics.export import ExponentialHistogramDataPoint
 from yarl import URL
 
 from bench.byte_pipe import serve_byte_pipe
-from bench.hot_path import NEVER_MS, Check, _positive, machine, verdict_lines, write_markdown
+from bench.hot_path import (
+    NEVER_MS,
+    Check,
+    _positive,
+    machine,
+    markdown_table,
+    merge_checks,
+    text_table,
+    verdict_lines,
+    write_markdown,
+)
 from tokenlat import semconv, synthetic
 from tokenlat.configure import Telemetry, configure
 from tokenlat.sidecar import create_sidecar_app, serve_sidecar, sidecar_stats
@@ -917,14 +927,8 @@ class Rounds:
 
     @property
     def checks(self) -> list[Check]:
-        """Every round's checks, a line per name: passed if passed in every round; the detail of the first failure."""
-        merged: dict[str, Check] = {}
-        for result in self.results:
-            for check in result.checks:
-                seen = merged.get(check.name)
-                if seen is None or (seen.ok and not check.ok):
-                    merged[check.name] = check
-        return list(merged.values())
+        """Every round's checks, a line per name: passed if passed in every round."""
+        return merge_checks([result.checks for result in self.results])
 
     @property
     def passed(self) -> bool:
@@ -1225,25 +1229,6 @@ def accuracy_rows(result: Result) -> list[tuple[str, ...]]:
     return [
         (metric, f"p{q * 100:g}", _ms(sidecar), _ms(client), f"{(sidecar - client) / client:+.2%}")
         for metric, q, sidecar, client in result.accuracy()
-    ]
-
-
-def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    table = [tuple(headers), *rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
-    lines = [
-        "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
-        for row in table
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(headers) + " |",
-        "|---|" + "---:|" * (len(headers) - 1),
-        *("| " + " | ".join(row) + " |" for row in rows),
     ]
 
 
