@@ -161,7 +161,8 @@ def validate_upstream(upstream: str) -> str:
     if url.query_string or url.fragment:
         raise ValueError(f"{upstream!r} must not have a query or a fragment")
     if url.raw_user or url.raw_password:
-        raise ValueError(f"{upstream!r} must not carry credentials: clients send theirs, and the sidecar relays them")
+        shown = str(url.with_user(None))  # never echo a secret
+        raise ValueError(f"{shown!r} must not carry credentials: clients send theirs, and the sidecar relays them")
     return str(url).rstrip("/")
 
 
