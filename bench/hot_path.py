@@ -598,28 +598,44 @@ def verdict_lines(targets: Iterable[tuple[str, bool, str]], checks: Iterable[Che
 # --- docs/benchmarks.md ---------------------------------------------------------------------------------------
 
 
-def markdown_figures(result: Result, command: str) -> str:
-    w = result.workload
-    rows = table_rows(result)
-    out = [
+def markdown_preamble(command: str, workload: str, machine_info: dict[str, str]) -> list[str]:
+    """The lines every bench's figures open with: the command, when it ran, the workload and the machine."""
+    return [
         f"Figures from `{command}`, run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
         "",
-        f"- Workload: {w.requests:,} requests x {w.tokens} tokens = {w.total_tokens:,} streamed tokens"
-        f" ({w.total_gaps:,} inter-token gaps), 4 attribute sets of 5 keys, seed {w.seed};"
-        f" median of {result.repeat} interleaved repeats.",
-        "- Machine: " + ", ".join(f"{k} {v}" for k, v in result.machine.items()) + ".",
+        f"- Workload: {workload}",
+        "- Machine: " + ", ".join(f"{k} {v}" for k, v in machine_info.items()) + ".",
         "",
-        *markdown_table(HEADERS, rows),
+    ]
+
+
+def markdown_verdicts(targets: Iterable[tuple[str, bool, str]], checks: Iterable[Check], checked: str) -> list[str]:
+    """The targets met or missed and the correctness checks (``checked`` says when), as docs/benchmarks.md has them."""
+    return [
+        "Targets:",
+        "",
+        *(f"- {'Met' if ok else '**Missed**'}: {name} ({detail})." for name, ok, detail in targets),
+        "",
+        f"Correctness, checked {checked}:",
+        "",
+        *(f"- {'passed' if c.ok else '**FAILED**'}: {c.name} ({c.detail})." for c in checks),
+    ]
+
+
+def markdown_figures(result: Result, command: str) -> str:
+    w = result.workload
+    workload = (
+        f"{w.requests:,} requests x {w.tokens} tokens = {w.total_tokens:,} streamed tokens"
+        f" ({w.total_gaps:,} inter-token gaps), 4 attribute sets of 5 keys, seed {w.seed};"
+        f" median of {result.repeat} interleaved repeats."
+    )
+    out = [
+        *markdown_preamble(command, workload, result.machine),
+        *markdown_table(HEADERS, table_rows(result)),
         "",
         *(f"- {line}" for line in notes(result)),
         "",
-        "Targets:",
-        "",
-        *(f"- {'Met' if ok else '**Missed**'}: {name} ({detail})." for name, ok, detail in result.targets()),
-        "",
-        "Correctness, checked in the same run (every repeat):",
-        "",
-        *(f"- {'passed' if c.ok else '**FAILED**'}: {c.name} ({c.detail})." for c in result.checks),
+        *markdown_verdicts(result.targets(), result.checks, "in the same run (every repeat)"),
     ]
     return "\n".join(out)
 

@@ -43,7 +43,6 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -59,7 +58,9 @@ from bench.hot_path import (
     Check,
     _positive,
     machine,
+    markdown_preamble,
     markdown_table,
+    markdown_verdicts,
     merge_checks,
     text_table,
     verdict_lines,
@@ -1334,16 +1335,13 @@ def report(rounds: Rounds) -> str:
 def markdown_figures(rounds: Rounds, command: str) -> str:
     lo, hi = OUTPUT_TOKENS
     median, count = rounds.median, len(rounds.results)
-    out = [
-        f"Figures from `{command}`, run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
-        "",
-        f"- Workload: {count} round(s) of {median.requests:,} streamed chat completions per run,"
+    workload = (
+        f"{count} round(s) of {median.requests:,} streamed chat completions per run,"
         f" {median.concurrency} at a time; runs: {', '.join(RUNS)}; each against a fresh synthetic server: seed"
         f" {median.seed}, TTFT `{TTFT}`, inter-token `{INTER_TOKEN}`, {lo}-{hi} tokens; {median.chunks():,} chunks"
-        f" per run; {sum(r.seconds for r in rounds.results):.0f} s in all.",
-        "- Machine: " + ", ".join(f"{k} {v}" for k, v in median.machine.items()) + ".",
-        "",
-    ]
+        f" per run; {sum(r.seconds for r in rounds.results):.0f} s in all."
+    )
+    out = markdown_preamble(command, workload, median.machine)
     if count > 1:
         out += [*markdown_table(ROUNDS_HEADERS, rounds_rows(rounds)), "", f"In full: {_round_of(rounds)}.", ""]
     out += [
@@ -1359,13 +1357,7 @@ def markdown_figures(rounds: Rounds, command: str) -> str:
         "",
         *(f"- {line}" for line in notes(median)),
         "",
-        "Targets:",
-        "",
-        *(f"- {'Met' if ok else '**Missed**'}: {name} ({detail})." for name, ok, detail in rounds.targets()),
-        "",
-        "Correctness, checked in every round:",
-        "",
-        *(f"- {'passed' if c.ok else '**FAILED**'}: {c.name} ({c.detail})." for c in rounds.checks),
+        *markdown_verdicts(rounds.targets(), rounds.checks, "in every round"),
     ]
     return "\n".join(out)
 
