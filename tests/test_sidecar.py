@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -41,6 +40,7 @@ from opentelemetry.sdk.metrics.export import Metric
 
 from tests.conftest import REPO
 from tests.otel_helpers import CapturingExporter
+from tests.subprocesses import read_line, stop
 from tokenlat import http1, semconv, synthetic
 from tokenlat import sidecar as sidecar_module
 from tokenlat.configure import Telemetry, configure
@@ -954,22 +954,6 @@ class _OtlpReceiver(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
-
-
-def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    assert ready, "no line in time"
-    return proc.stdout.readline()
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM handling is POSIX-only")

@@ -13,7 +13,6 @@ import logging
 import os
 import random
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -22,12 +21,13 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 import pytest
 
+from tests.conftest import REPO
+from tests.subprocesses import read_line, stop
 from tokenlat import synthetic
 from tokenlat.synthetic import (
     Distribution,
@@ -39,7 +39,6 @@ from tokenlat.synthetic import (
     serve,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 # Slack for comparing the client's clock readings with planned times: the loop clock's
 # resolution and rounding, not network delay (which only makes observations later).
 SLACK_S = 0.002
@@ -451,13 +450,6 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "tokenlat.synthetic", *args]
 
 
-def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    assert ready, "no listening line in time"
-    return proc.stdout.readline()
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM handling is POSIX-only")
 def test_cli_prints_listening_line_and_stops_on_sigterm() -> None:
     args = cli("--host", "127.0.0.1", "--port", "0", "--seed", "3", "--ttft", "fixed:0.001")
@@ -475,12 +467,7 @@ def test_cli_prints_listening_line_and_stops_on_sigterm() -> None:
         assert proc.stdout is not None and proc.stdout.read() == ""  # exactly one line
         assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        stop(proc)
 
 
 def test_cli_bad_ttft_exits_2_naming_the_option() -> None:
