@@ -418,27 +418,7 @@ def _histogram_delta(after: Plain, before: Plain) -> Plain:
     }
 
 
-def _relay_only() -> None:
-    """Make the sidecar relay without measuring (the control run): no stream parser, hence no recorder.
-
-    ``_Exchange.start_stream`` creates the parser once the first chunk says the response is a token stream;
-    without it, ``feed`` returns at once and nothing is recorded, while relaying and the counters are unchanged.
-    """
-    from tokenlat import sidecar as module
-
-    exchange = getattr(module, "_Exchange", None)
-    if exchange is None or not hasattr(exchange, "start_stream"):
-        raise RuntimeError("tokenlat.sidecar._Exchange.start_stream is gone: update the bench's relay-only control")
-
-    def start_stream(self: Any, fmt: str) -> None:
-        pass
-
-    exchange.start_stream = start_stream
-
-
 async def _run_sidecar(conn: Connection, upstream: str, scale: int, measure: bool, profile: str | None) -> None:
-    if not measure:
-        _relay_only()
     exporter = CapturingExporter()
     # Never exported on a timer (an export mid-run is CPU that production spreads over a minute): the snapshots
     # export on force_flush, outside the measurement. environ={}: nothing from the caller's environment leaks in.
@@ -451,7 +431,7 @@ async def _run_sidecar(conn: Connection, upstream: str, scale: int, measure: boo
     )
     relayed = _Relayed()
     _count_relayed(relayed)
-    app = create_sidecar_app(upstream, telemetry.metrics)
+    app = create_sidecar_app(upstream, telemetry.metrics, measure=measure)  # measure=False: the relay-only control
     stats = sidecar_stats(app)
 
     def snapshot() -> Plain:

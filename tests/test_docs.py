@@ -8,7 +8,7 @@ import dataclasses
 from click.testing import CliRunner
 
 from tests.conftest import REPO
-from tokenlat import semconv, sidecar
+from tokenlat import recorder, semconv, sidecar
 from tokenlat.parsers import FORMATS
 from tokenlat_cli.commands.sidecar import sidecar as sidecar_command
 from tokenlat_cli.main import cli
@@ -23,6 +23,9 @@ def test_metrics_doc_covers_the_contract() -> None:
         assert f"`{key}`" in doc, key
     for key in (semconv.USER_ID_HASH, semconv.REQUEST_ID):
         assert f"`{key}`" in doc, key
+    for counter in (recorder.DROPPED_ATTRIBUTES, sidecar.UNRECOGNISED_STREAMS):  # tokenlat's own counters
+        assert f"`{counter}`" in doc, counter
+        assert f"`{counter.replace('.', '_')}_total`" in doc, counter
 
 
 def test_every_cli_command_has_help() -> None:

@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import itertools
 import json
+import logging
 import os
 import re
 import signal
@@ -40,6 +41,7 @@ from opentelemetry.sdk.metrics.export import Metric
 
 from tests.conftest import REPO
 from tests.otel_helpers import CapturingExporter
+from tests.streams import CASES, Case, completing_bytes
 from tests.subprocesses import read_line, stop
 from tokenlat import http1, semconv, synthetic
 from tokenlat import sidecar as sidecar_module
@@ -650,6 +652,104 @@ def test_error_event_in_a_stream_is_recorded_as_upstream_error(otel: Otel) -> No
 
     run(body)
     assert error_types(otel.collect()) == [UPSTREAM_ERROR]
+
+
+# --------------------------------------------------------------------------- streams however the network cuts them
+
+MEASURED_CASES = [case for case in CASES if not case.name.endswith("-error")]
+NO_API = "/llm/stream"  # a path that names no API: the stream's bytes must tell its format
+
+
+@pytest.mark.parametrize("case", MEASURED_CASES, ids=[case.name for case in MEASURED_CASES])
+def test_a_stream_written_one_byte_at_a_time_is_measured(otel: Otel, case: Case) -> None:
+    # A server on a path that names no API writes its stream one byte at a time (gateways and TCP re-segmentation
+    # cut streams like this). The sidecar must still recognise it and time the first token by the arrival of the
+    # byte that completed its event: the server pauses just before that byte, so a time taken from any earlier
+    # byte would come out short of the lower bound below.
+    ndjson = case.fmt == "ollama"
+    content_type = "application/x-ndjson" if ndjson else "text/event-stream"
+    first_token = next(i for i, event in enumerate(case.events) if event.tokens > 0)
+    completing = completing_bytes(case.stream, ndjson)[first_token]
+    assert completing is not None
+    clock = otel.telemetry.metrics.clock
+    marks: dict[str, float] = {}
+
+    async def one_byte_at_a_time(request: web.Request) -> web.StreamResponse:
+        marks["upstream received"] = clock()
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": content_type})
+        await resp.prepare(request)
+        for i in range(len(case.stream)):
+            if i == completing:
+                await asyncio.sleep(0.02)
+                marks["completing byte written"] = clock()
+            await resp.write(case.stream[i : i + 1])  # one chunk of the chunked body each
+            await asyncio.sleep(0)
+        await resp.write_eof()
+        return resp
+
+    async def body() -> bytes:
+        received = bytearray()
+        async with (
+            running_upstream(one_byte_at_a_time) as upstream,
+            running_sidecar(upstream, otel) as sidecar,
+            raw_session() as session,
+        ):
+            marks["client sent"] = clock()
+            async with session.post(sidecar.url + NO_API, json={"model": "m-bytes", "stream": True}) as resp:
+                async for data in resp.content.iter_any():
+                    received += data
+                    if len(received) > completing and "client got" not in marks:
+                        marks["client got"] = clock()
+            stats = sidecar.stats
+            assert (stats.streams, stats.passthrough, stats.unrecognised_streams) == (1, 0, 0)
+        return bytes(received)
+
+    assert run(body) == case.stream
+    metrics = otel.collect()
+    tokens = sum(event.tokens for event in case.events)
+    usage = [event.output_tokens for event in case.events if event.output_tokens is not None]
+    assert error_types(metrics) == [None]
+    assert output_tokens(metrics) == (usage[-1] if usage else tokens)
+    assert total_count(metrics, semconv.INTER_TOKEN_LATENCY) == tokens - 1
+    (ttft,) = points(metrics, semconv.TIME_TO_FIRST_TOKEN)
+    # Causal bounds: the sidecar took the request after the client sent it and before the upstream got it; it read
+    # the completing byte after the upstream wrote it and before the client got it.
+    low = marks["completing byte written"] - marks["upstream received"]
+    high = marks["client got"] - marks["client sent"]
+    assert ttft.count == 1 and low <= ttft.sum <= high, (low, ttft.sum, high)
+
+
+def test_an_unrecognised_stream_is_relayed_counted_and_warned_about_once(
+    otel: Otel, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = b"data: my-secret-prompt-echo\n\n"  # an event stream no format knows
+    paths = ["/a/stream", "/a/stream", "/b/stream"]
+
+    async def upstream_handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=secret * 3, content_type="text/event-stream")
+
+    async def body() -> None:
+        async with (
+            running_upstream(upstream_handler) as upstream,
+            running_sidecar(upstream, otel) as sidecar,
+            raw_session() as s,
+        ):
+            for path in paths:
+                assert (await fetch(s, "POST", sidecar.url + path, json=chat_body())).body == secret * 3
+            stats = sidecar.stats
+            assert (stats.streams, stats.passthrough, stats.unrecognised_streams) == (0, 3, 3)
+
+    with caplog.at_level(logging.WARNING, logger="tokenlat.sidecar"):
+        run(body)
+    warnings = [record.getMessage() for record in caplog.records if "matched no format" in record.getMessage()]
+    assert len(warnings) == 2  # once per path and content type
+    assert "/a/stream" in warnings[0] and "/b/stream" in warnings[1]
+    assert all("--format" in w and "text/event-stream" in w and "secret" not in w for w in warnings)
+    metrics = otel.collect()
+    (point,) = points(metrics, sidecar_module.UNRECOGNISED_STREAMS)
+    assert point.value == 3
+    assert points(metrics, semconv.TIME_TO_FIRST_TOKEN) == []
 
 
 def test_slow_client_gets_every_byte(otel: Otel) -> None:

@@ -1,7 +1,6 @@
 """Incremental parsers for streaming LLM responses, seen from outside the server (by a sidecar or proxy).
 
-    fmt = detect_format(path, content_type, first_chunk)   # None: not a token stream, just relay it
-    parser = make_parser(fmt)
+    parser = make_parser(fmt)                  # fmt: one of FORMATS (tokenlat.detect decides which a response is in)
     for chunk in upstream:                     # network chunks, cut anywhere
         for event in parser.feed(chunk):
             rec.tokens(event.tokens)           # 0 for role / usage / keep-alive events: a no-op
@@ -79,7 +78,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -549,86 +547,7 @@ _DECODERS: dict[str, Decoder] = {
 assert tuple(_DECODERS) == FORMATS
 
 
-# -- detection -------------------------------------------------------------------------------------------------
-
-_SSE_TYPES = frozenset({"text/event-stream"})
-_NDJSON_TYPES = frozenset(
-    {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
-)
-_SSE_FORMATS = frozenset({"openai", "anthropic", "tgi", "triton", "generic"})
-_TRITON_PATH = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/generate_stream$")
-_ANTHROPIC_EVENT = re.compile(
-    rb"^event:[ \t]*(?:message_start|content_block_start|content_block_delta|ping)[ \t]*\r?$", re.M
-)
-_FIRST_DATA = re.compile(rb"^data:[ \t]?([^\r\n]*)", re.M)
-_HEAD_BYTES = 16384
-# Sniffing a first payload that may be cut short: key patterns, most specific first.
-_PAYLOAD_PATTERNS: tuple[tuple[re.Pattern[bytes], str], ...] = (
-    (re.compile(rb'"type"\s*:\s*"(?:message_start|content_block_\w+|message_delta|message_stop|ping)"'), "anthropic"),
-    (re.compile(rb'"(?:text_output|model_version)"\s*:'), "triton"),
-    (re.compile(rb'"token"\s*:\s*\{'), "tgi"),
-    (re.compile(rb'"(?:choices"\s*:|object"\s*:\s*"(?:chat\.completion\.chunk|text_completion)")'), "openai"),
-    (re.compile(rb'"(?:token|text)"\s*:\s*"'), "generic"),
-)
-
-
-def _format_of_path(path: str) -> str | None:
-    route = path.split("?", 1)[0].rstrip("/")
-    if _TRITON_PATH.search(route):  # before TGI: both end in /generate_stream
-        return "triton"
-    if route.endswith("/generate_stream"):
-        return "tgi"
-    if route.endswith("/v1/messages"):
-        return "anthropic"
-    if route.endswith(("/api/generate", "/api/chat")):
-        return "ollama"
-    if route.endswith("/completions"):  # /v1/completions, /v1/chat/completions, Azure's deployments/x/...
-        return "openai"
-    return None
-
-
-def _sniff_sse(head: bytes) -> str | None:
-    head = head[:_HEAD_BYTES]
-    if _ANTHROPIC_EVENT.search(head):
-        return "anthropic"
-    match = _FIRST_DATA.search(head)
-    if match is None:
-        return None
-    payload = match.group(1)
-    for pattern, fmt in _PAYLOAD_PATTERNS:
-        if pattern.search(payload):
-            return fmt
-    return None
-
-
-def _looks_like_sse(head: bytes) -> bool:
-    start = head.lstrip()[:6]
-    return start.startswith((b"data:", b"event:", b":", b"id:", b"retry:"))
-
-
-def detect_format(path: str, content_type: str | None, head: bytes = b"") -> str | None:
-    """The stream format of a response, from the request path, the response content type and its first bytes.
-
-    None when the response is not a token stream: a declared non-stream type (a plain JSON response, HTML, an
-    error page ...) or an event stream none of the formats recognises.
-    """
-    by_path = _format_of_path(path)
-    ctype = (content_type or "").split(";", 1)[0].strip().lower()
-    if ctype in _SSE_TYPES:
-        # The path names the API; the head only decides where the path does not (generic, TGI at "/" ...).
-        return by_path if by_path in _SSE_FORMATS else _sniff_sse(head)
-    if ctype in _NDJSON_TYPES:
-        return "ollama"
-    if ctype and ctype not in ("application/octet-stream", "text/plain"):
-        return None
-    # No content type, or one too vague to trust: the first bytes decide, the path breaks ties.
-    if head:
-        if _looks_like_sse(head):
-            return by_path if by_path in _SSE_FORMATS else _sniff_sse(head)
-        if by_path == "ollama" and head.lstrip()[:1] == b"{":
-            return "ollama"
-        return None
-    return by_path if not ctype else None
+# -- requests ------------------------------------------------------------------------------------------------------
 
 
 def request_model(body: bytes) -> str | None:

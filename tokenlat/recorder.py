@@ -78,6 +78,18 @@ def error_type_of(error: BaseException | str) -> str:
     return type(error).__qualname__
 
 
+class Count:
+    """A monotonic count of events, exported by :meth:`TokenMetrics.count`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def add(self, n: int = 1) -> None:
+        self.value += n
+
+
 class TokenMetrics:
     """The instruments and policies shared by every request of a process: create one, use it everywhere."""
 
@@ -103,10 +115,12 @@ class TokenMetrics:
         self.store = MetricStore(exponential=exponential, scale=exponential_scale)
         # The one SDK instrument: observed at collection, never on the request path. It also guarantees that every
         # collection has SDK data, so the exporter is called and can carry the store's histograms.
-        provider.get_meter("tokenlat").create_observable_counter(
+        self._meter = provider.get_meter("tokenlat")
+        self._meter.create_observable_counter(
             DROPPED_ATTRIBUTES, [self._observe_dropped], unit="{attribute}",
             description="Attribute keys dropped by the metric attribute allowlist",
         )  # fmt: skip
+        self._counters: dict[str, Count] = {}
         self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("tokenlat") if spans else None
         if not _attach_to_exporters(provider, self.store):
             logger.warning(
@@ -116,6 +130,19 @@ class TokenMetrics:
 
     def _observe_dropped(self, options: CallbackOptions) -> list[Observation]:
         return [Observation(sum(self.policy.dropped.values()))]
+
+    def count(self, name: str, unit: str, description: str) -> Count:
+        """A process-wide count, exported as a monotonic counter ``name``: one per name, whoever asks for it.
+
+        The count is an integer add where it happens; the SDK reads it at collection, off the request path.
+        """
+        counter = self._counters.get(name)
+        if counter is None:
+            counter = self._counters[name] = Count()
+            self._meter.create_observable_counter(
+                name, [lambda options: [Observation(counter.value)]], unit=unit, description=description
+            )
+        return counter
 
     def request(
         self,

@@ -8,12 +8,14 @@
 
 Clients talk to the sidecar instead of the server and get exactly the bytes the server sent: any method, path,
 query and body; status and headers minus the hop-by-hop ones; bodies relayed chunk by chunk, never decompressed
-or recompressed. When a response is a token stream (``tokenlat.parsers.detect_format`` on the path, the content
-type and the first chunk, or a fixed ``fmt``), the sidecar parses a copy of each chunk and records the request's
-TTFT, per-token gaps, duration and usage with a ``RequestRecorder`` whose start is the request's arrival. A chunk
-is measured after it has been relayed (and after the other chunks ready at that moment), with the time it
-arrived: measuring costs CPU, but a chunk never waits for its own parse, nor for those of chunks that arrived
-with it.
+or recompressed. When a response is a token stream (``tokenlat.detect``: from the path, the content type and its
+first bytes, waiting for a complete first event however the network cuts them; or a fixed ``fmt``), the sidecar
+parses a copy of each chunk and records the request's TTFT, per-token gaps, duration and usage with a
+``RequestRecorder`` whose start is the request's arrival. A chunk is measured after it has been relayed (and after
+the other chunks ready at that moment), with the time it arrived: measuring and detecting cost CPU, but a chunk
+never waits for its own parse, nor for those of chunks that arrived with it. A response that looked like a stream
+(an event stream or NDJSON) that no format recognised is relayed, counted (``unrecognised_streams``, and the
+metric of that name) and warned about once per path and content type.
 
 Failures are recorded as error.type and counted in :class:`SidecarStats` (``GET /-/tokenlat/stats``):
 
@@ -61,13 +63,15 @@ from opentelemetry.util.types import AttributeValue
 from yarl import URL
 
 from tokenlat import http1, semconv
-from tokenlat.parsers import FORMATS, StreamEvent, StreamParser, detect_format, make_parser, request_model
+from tokenlat.detect import DETECT_BYTES, ResponseReader, TimedEvent, detect_format, media_type
+from tokenlat.parsers import FORMATS, StreamEvent, request_model
 from tokenlat.recorder import CANCELLED, RequestRecorder, TokenMetrics
 
 __all__ = [
     "CONTROL_PREFIX",
     "HEALTH_PATH",
     "STATS_PATH",
+    "UNRECOGNISED_STREAMS",
     "UPSTREAM_ERROR",
     "UPSTREAM_RESET",
     "UPSTREAM_UNAVAILABLE",
@@ -90,6 +94,13 @@ UPSTREAM_UNAVAILABLE = "upstream_unavailable"
 UPSTREAM_RESET = "upstream_reset"
 UPSTREAM_ERROR = "upstream_error"
 PARSER_FAILURE = "tokenlat_parser_failure"
+
+# The counter of responses that looked like token streams but that no format recognised (relayed, not measured).
+UNRECOGNISED_STREAMS = "tokenlat.sidecar.unrecognised_streams"
+# The warnings about them: one per path and content type, for this many pairs (paths come from clients); then
+# only the counter counts.
+_WARNED_LIMIT = 100
+_WARNED_PATH_CHARS = 200
 
 # Connecting must not hang a client forever on a blackholed upstream; reading must never time out, because a
 # long prompt can legitimately take minutes to its first token.
@@ -114,14 +125,16 @@ class SidecarStats:
     ``requests`` counts every proxied request. Each one that got a response from the upstream is one of
     ``streams`` (token streams, measured) or ``passthrough`` (everything else, relayed); the others are
     ``upstream_unavailable``, ``rejected`` (503 while draining), or ended by a reset or a client disconnect before
-    the upstream answered. The remaining counters overlap those: ``upstream_errors`` (4xx/5xx responses and error
-    events inside streams), ``upstream_resets``, ``client_disconnects`` (including streams cut by the drain
-    timeout), the parsers' malformed events and oversized lines, and ``in_flight`` (requests being proxied now).
+    the upstream answered. The remaining counters overlap those: ``unrecognised_streams`` (pass-throughs that
+    looked like streams), ``upstream_errors`` (4xx/5xx responses and error events inside streams),
+    ``upstream_resets``, ``client_disconnects`` (including streams cut by the drain timeout), the parsers'
+    malformed events and oversized lines, and ``in_flight`` (requests being proxied now).
     """
 
     requests: int = 0
     streams: int = 0
     passthrough: int = 0
+    unrecognised_streams: int = 0
     upstream_errors: int = 0
     upstream_unavailable: int = 0
     upstream_resets: int = 0
@@ -141,6 +154,8 @@ class _Settings:
     provider: str | None
     max_json_body: int
     max_line_bytes: int
+    detect_bytes: int
+    measure: bool
 
     @property
     def url(self) -> URL:
@@ -236,7 +251,7 @@ class _Exchange:
         self.classified = False  # counted as a stream or a pass-through
         self.error_status: str | None = None
         self.stream_error: str | None = None
-        self.parser: StreamParser | None = None
+        self.reader: ResponseReader | None = None  # detecting, then parsing, a 2xx response's body
         self.recorder: RequestRecorder | None = None
         self.response_model: str | None = None
         self._parsed_body: Any = None
@@ -273,29 +288,29 @@ class _Exchange:
         return attributes
 
     def _new_recorder(self) -> RequestRecorder:
-        fmt = self.parser.format if self.parser is not None else None
+        fmt = self.reader.format if self.reader is not None else None
         return self.proxy.metrics.request(
             self.attributes(fmt), user_id=self.user_id, request_id=self.request_id, start=self.arrival
         )
 
     # -- measuring a stream
 
-    def start_stream(self, fmt: str) -> None:
-        self.parser = make_parser(fmt, max_line_bytes=self.proxy.settings.max_line_bytes)
-
     def feed(self, chunk: bytes, arrived: float) -> None:
         """Measure a chunk that arrived at ``arrived`` (by the metrics' clock)."""
-        if self.parser is None:
+        reader = self.reader
+        if reader is None:
             return
         try:
-            events = self.parser.feed(chunk)
+            events = reader.feed(chunk, arrived)
         except Exception:  # the parsers never raise by contract; if one does, measuring stops, relaying does not
             self._parser_failed()
             return
-        self._observe(events, arrived)
+        if not self.classified and reader.decided:
+            self.proxy.settle(self)
+        self._observe(events)
 
-    def _observe(self, events: list[StreamEvent], arrived: float | None = None) -> None:
-        for event in events:
+    def _observe(self, events: list[TimedEvent]) -> None:
+        for event, arrived in events:
             if self.recorder is None:
                 if _is_empty(event):
                     continue  # e.g. a keep-alive comment: wait for the model or a token before fixing the attributes
@@ -311,33 +326,47 @@ class _Exchange:
 
     def _parser_failed(self) -> None:
         log.exception("tokenlat sidecar: the %s parser failed; this stream is relayed but not measured", self.path)
-        self.parser = None
+        self.reader = None
         self.stream_error = PARSER_FAILURE
 
     # -- the end
 
     def finish(self, error: str | None) -> None:
-        """Record the request, if it is one to record. ``error``: how the relay ended (None: completely)."""
+        """Count and record the request, if it is one to record. ``error``: how the relay ended (None: completely)."""
         self.proxy.measure_now()
+        flushed = self._close_reader()
+        if not self.classified:  # ended before its first chunk (or before any response)
+            self.proxy.count(self, self.error_status is None and self.would_be_stream())
         if self.error_status is not None:
             self._record_failure(self.error_status)
-        elif self.parser is not None or self.stream_error == PARSER_FAILURE:
-            self._finish_stream(error)
+        elif self.reader is not None or self.stream_error == PARSER_FAILURE:
+            self._finish_stream(error, flushed)
         elif error is not None and self.would_be_stream():
             # Ended before the first chunk told what the response is (or before any response): a stream the
             # client asked for.
             self._record_failure(error)
 
-    def _finish_stream(self, error: str | None) -> None:
-        parser = self.parser
-        if parser is not None:
-            try:
-                self._observe(parser.close())
-            except Exception:
-                self._parser_failed()
+    def _close_reader(self) -> list[TimedEvent]:
+        """The response's end: detection decides on what came, if it has not yet; a last unterminated event."""
+        reader = self.reader
+        if reader is None:
+            return []
+        try:
+            flushed = reader.close()
+        except Exception:
+            self._parser_failed()
+            return []
+        if not self.classified:
+            self.proxy.settle(self)
+        return flushed
+
+    def _finish_stream(self, error: str | None, flushed: list[TimedEvent]) -> None:
+        reader = self.reader
+        if reader is not None:
+            self._observe(flushed)
             stats = self.proxy.stats
-            stats.malformed_events += parser.stats.malformed
-            stats.oversized_lines += parser.stats.oversized
+            stats.malformed_events += reader.stats.malformed
+            stats.oversized_lines += reader.stats.oversized
         if self.recorder is None:
             self.recorder = self._new_recorder()
         self.recorder.finish(error or self.stream_error)
@@ -371,6 +400,10 @@ class _Proxy:
         self.idle_event = asyncio.Event()  # set whenever no request is in flight
         self.idle_event.set()
         self._connecting: set[asyncio.Task[None]] = set()
+        self.unrecognised = metrics.count(
+            UNRECOGNISED_STREAMS, "{response}", "Responses that looked like token streams but matched no format"
+        )
+        self._warned: set[tuple[str, str]] = set()  # (path, content type) pairs warned about as unrecognised
         # Chunks relayed but not yet measured, in arrival order, and whether a callback will measure them.
         self._unmeasured: list[tuple[_Exchange, bytes, float]] = []
         self._measure_scheduled = False
@@ -436,7 +469,7 @@ class _Proxy:
         due at once runs after the next turn's I/O callbacks (call_soon would run before them), so the chunks
         that arrive meanwhile are relayed first too.
         """
-        if exchange.parser is None:
+        if exchange.reader is None:
             return
         self._unmeasured.append((exchange, chunk, arrived))
         if not self._measure_scheduled:
@@ -450,18 +483,52 @@ class _Proxy:
         for exchange, chunk, arrived in unmeasured:
             exchange.feed(chunk, arrived)
 
-    def classify(self, exchange: _Exchange, status: int, head: bytes) -> None:
-        """Decide from the first chunk whether the response is a token stream to measure."""
-        fmt: str | None = None
-        if 200 <= status < 300:
-            detected = detect_format(exchange.path, exchange.content_type, head)
-            if detected is not None:
-                fmt = self.settings.fmt or detected
-            elif self.settings.fmt is not None and _wants_stream(exchange.path, exchange.parsed_body()):
-                fmt = self.settings.fmt  # a fixed format measures what auto-detection does not recognise
-        self.count(exchange, fmt is not None)
-        if fmt is not None:
-            exchange.start_stream(fmt)
+    def classify(self, exchange: _Exchange, status: int) -> None:
+        """At the response's first chunk: a 2xx response gets a reader, which tells whether it is a token stream
+        (maybe only some chunks later); any other response passes through."""
+        if not 200 <= status < 300:
+            self.count(exchange, False)
+            return
+        settings = self.settings
+        # A fixed format measures what the client asked to stream, even where auto-detection would not recognise it.
+        wants_stream = settings.fmt is not None and _wants_stream(exchange.path, exchange.parsed_body())
+        fixed = settings.fmt if wants_stream else None
+        exchange.reader = ResponseReader(
+            exchange.path,
+            exchange.content_type,
+            fmt=fixed,
+            parse_as=settings.fmt,
+            parse=settings.measure,
+            detect_bytes=settings.detect_bytes,
+            max_line_bytes=settings.max_line_bytes,
+        )
+        if exchange.reader.decided:
+            self.settle(exchange)
+
+    def settle(self, exchange: _Exchange) -> None:
+        """The reader decided: count the response as a stream or a pass-through (and an unrecognised stream)."""
+        reader = exchange.reader
+        assert reader is not None
+        stream = reader.format is not None
+        self.count(exchange, stream)
+        if reader.unrecognised:
+            self._unrecognised(exchange)
+        if not stream or not self.settings.measure:
+            exchange.reader = None  # relayed, not measured
+
+    def _unrecognised(self, exchange: _Exchange) -> None:
+        self.stats.unrecognised_streams += 1
+        self.unrecognised.add()
+        key = (exchange.path[:_WARNED_PATH_CHARS], media_type(exchange.content_type))
+        if key in self._warned or len(self._warned) >= _WARNED_LIMIT:
+            return
+        self._warned.add(key)
+        log.warning(
+            "tokenlat sidecar: a response to %r (%s) looked like a token stream but matched no format, so it is "
+            "relayed without measuring (counted as unrecognised_streams); set --format to the server's format "
+            "(one of %s). Warned once per path and content type.",
+            key[0], key[1] or "no content type", ", ".join(FORMATS),
+        )  # fmt: skip
 
     def count(self, exchange: _Exchange, stream: bool) -> None:
         exchange.classified = True
@@ -621,10 +688,10 @@ class _Hop:
     def response_body(self, data: bytes, arrived: float) -> None:
         if not data or self.finished:
             return
-        exchange = self.exchange
-        if not exchange.classified:
-            self.proxy.classify(exchange, self.status, data)
         self.client.write(http1.chunk(data) if self.framing == "chunked" else data)
+        exchange = self.exchange
+        if not exchange.classified and exchange.reader is None:
+            self.proxy.classify(exchange, self.status)
         self.proxy.measure_later(exchange, data, arrived)
 
     def response_end(self, reusable: bool) -> None:
@@ -684,10 +751,7 @@ class _Hop:
 
     def _finish(self, error: str | None) -> None:
         self.finished = True
-        exchange = self.exchange
-        if not exchange.classified:  # ended before its first chunk
-            self.proxy.count(exchange, exchange.error_status is None and exchange.would_be_stream())
-        exchange.finish(error)
+        self.exchange.finish(error)
         self.proxy.ended()
 
 
@@ -993,6 +1057,8 @@ def create_sidecar_app(
     provider: str | None = None,
     max_json_body: int = 1 << 20,
     max_line_bytes: int = 1 << 20,
+    detect_bytes: int = DETECT_BYTES,
+    measure: bool = True,
 ) -> _Proxy:
     """The proxy, ready to serve with ``serve_sidecar``. ``fmt`` fixes the stream format (None or "auto": detect
     it).
@@ -1000,10 +1066,15 @@ def create_sidecar_app(
     ``max_json_body``: request bodies up to this size are kept to read their JSON ``model`` (every body streams to
     the upstream as it arrives); larger ones leave their requests without gen_ai.request.model.
     ``max_line_bytes``: a longer stream line is not parsed (it is still relayed) and is counted.
+    ``detect_bytes``: how many of a response's first bytes format detection may wait for (and hold) before it
+    judges the response on them; the bytes themselves are relayed at once.
+    ``measure=False`` relays and counts, and records nothing: the benchmark's control run.
     """
     fmt = None if fmt in (None, "auto") else fmt
     if fmt is not None and fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: must be auto or one of {', '.join(FORMATS)}")
+    if detect_bytes < 1:
+        raise ValueError(f"detect_bytes must be at least 1, got {detect_bytes}")
     settings = _Settings(
         upstream=validate_upstream(upstream),
         fmt=fmt,
@@ -1012,6 +1083,8 @@ def create_sidecar_app(
         provider=provider or None,
         max_json_body=max_json_body,
         max_line_bytes=max_line_bytes,
+        detect_bytes=detect_bytes,
+        measure=measure,
     )
     return _Proxy(settings, metrics)
 

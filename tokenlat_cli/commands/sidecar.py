@@ -9,6 +9,7 @@ import signal
 import click
 
 import tokenlat
+from tokenlat.detect import DETECT_BYTES
 from tokenlat.parsers import FORMATS
 from tokenlat.sidecar import begin_drain, create_sidecar_app, serve_sidecar, validate_upstream
 
@@ -61,6 +62,7 @@ async def _run(
     request_id_header: str,
     provider: str | None,
     drain_timeout: float,
+    detect_bytes: int,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -74,6 +76,7 @@ async def _run(
         user_id_header=user_id_header or None,
         request_id_header=request_id_header,
         provider=provider,
+        detect_bytes=detect_bytes,
     )
     runner, bound = await serve_sidecar(app, host, port, drain_timeout=drain_timeout)
     try:
@@ -123,6 +126,15 @@ async def _run(
     show_default=True,
     help="Request header with the request id (span attribute only).",
 )
+@click.option(
+    "--detect-bytes",
+    type=click.IntRange(min=1),
+    default=DETECT_BYTES,
+    show_default=True,
+    metavar="N",
+    help="With --format auto: how many of a response's first bytes detection may wait for, to see a complete "
+    "first event, before it judges the response on them. The bytes are relayed at once either way.",
+)
 @click.option("--provider", help="gen_ai.provider.name (vllm, sglang ...); default: the stream format's name.")
 @click.option(
     "--drain-timeout",
@@ -139,6 +151,7 @@ def sidecar(
     request_id_header: str,
     provider: str | None,
     drain_timeout: float,
+    detect_bytes: int,
 ) -> None:
     """Proxy a model server and record the token latency of its streams, without touching the server.
 
@@ -154,7 +167,18 @@ def sidecar(
         raise click.UsageError(str(exc)) from None
     try:
         asyncio.run(
-            _run(telemetry, upstream, host, port, fmt, user_id_header, request_id_header, provider, drain_timeout)
+            _run(
+                telemetry,
+                upstream,
+                host,
+                port,
+                fmt,
+                user_id_header,
+                request_id_header,
+                provider,
+                drain_timeout,
+                detect_bytes,
+            )
         )
     except OSError as exc:  # the port is taken, the host does not resolve ...
         raise click.ClickException(f"cannot listen on {_url(host, port)}: {exc}") from None
