@@ -523,11 +523,14 @@ class _Proxy:
         if key in self._warned or len(self._warned) >= _WARNED_LIMIT:
             return
         self._warned.add(key)
+        if self.settings.fmt is None:
+            hint = f"set --format to the server's format (one of {', '.join(FORMATS)})"
+        else:  # a fixed format measures only what asked for a stream
+            hint = 'its request did not ask for a stream ("stream": true, or a path naming one)'
         log.warning(
             "tokenlat sidecar: a response to %r (%s) looked like a token stream but matched no format, so it is "
-            "relayed without measuring (counted as unrecognised_streams); set --format to the server's format "
-            "(one of %s). Warned once per path and content type.",
-            key[0], key[1] or "no content type", ", ".join(FORMATS),
+            "relayed without measuring (counted as unrecognised_streams); %s. Warned once per path and content type.",
+            key[0], key[1] or "no content type", hint,
         )  # fmt: skip
 
     def count(self, exchange: _Exchange, stream: bool) -> None:
