@@ -75,6 +75,10 @@ def test_arguments_win_over_the_environment() -> None:
     ("environ", "message"),
     [
         ({"OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"}, "OTEL_EXPORTER_OTLP_PROTOCOL: must be one of grpc, http/protobuf"),
+        (
+            {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "thrift"},
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: must be one of grpc, http/protobuf",
+        ),
         ({"TOKENLAT_HISTOGRAM": "linear"}, "TOKENLAT_HISTOGRAM: must be one of explicit, exponential, got 'linear'"),
         ({"TOKENLAT_SPANS": "maybe"}, "TOKENLAT_SPANS: must be true or false, got 'maybe'"),
         ({"TOKENLAT_ATTRIBUTES": "a=1,b"}, "TOKENLAT_ATTRIBUTES: 'b' is not key=value"),

@@ -177,11 +177,13 @@ def configure(
     """Build the providers and a TokenMetrics. ``tls`` sets the OTLP exporters' CA and client certificate (mutual
     TLS); ``metric_exporter``/``span_exporter`` replace the OTLP exporters altogether."""
     env = os.environ if environ is None else environ
-    protocol = _choice(
-        protocol or _env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", env) or _env("OTEL_EXPORTER_OTLP_PROTOCOL", env),
+    # The error names the variable the bad value came from (the metrics-specific one wins, as in the SDK).
+    protocol_source = next(
+        (name for name in ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") if _env(name, env)),
         "OTEL_EXPORTER_OTLP_PROTOCOL",
-        PROTOCOLS,
-        "grpc",
+    )
+    protocol = _choice(
+        protocol or _env(protocol_source, env), "protocol" if protocol else protocol_source, PROTOCOLS, "grpc"
     )
     histogram = _choice(histogram or _env("TOKENLAT_HISTOGRAM", env), "TOKENLAT_HISTOGRAM", HISTOGRAMS, "explicit")
     want_spans = spans if spans is not None else _bool(_env("TOKENLAT_SPANS", env), "TOKENLAT_SPANS")

@@ -95,7 +95,7 @@ ITL_BUCKETS: tuple[float, ...] = (
 TOKEN_USAGE_BUCKETS: tuple[float, ...] = tuple(float(4**i) for i in range(14))  # 1, 4, 16 .. 67108864
 
 
-# --- the four histograms ------------------------------------------------------------------
+# --- the five histograms ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -130,9 +130,10 @@ ITL_SPEC = MetricSpec(
     ITL_BUCKETS,
 )
 
-# Recorded through the SDK's instruments, once per request.
+# One observation per request (two for token usage: input and output), recorded in the request's finish() by
+# tokenlat's own aggregation (histograms.MetricStore), not through the SDK's instruments.
 HISTOGRAMS: tuple[MetricSpec, ...] = (TTFT_SPEC, TPOT_SPEC, DURATION_SPEC, TOKEN_USAGE_SPEC)
-# Every metric tokenlat exports: the SDK histograms and the pre-aggregated inter-token distribution.
+# Every histogram tokenlat exports: the per-request ones and the per-token inter-token distribution.
 ALL_METRICS: tuple[MetricSpec, ...] = (*HISTOGRAMS, ITL_SPEC)
 
 # Units the Collector's Prometheus translation turns into a name suffix. Only "s" is used by

@@ -50,11 +50,3 @@ def validate_config(text: str) -> None:
         )
     if result.returncode != 0:
         raise CollectorError((result.stderr or result.stdout).strip())
-
-
-def components() -> str:
-    """The output of `tokenlat-otelcol components` (YAML)."""
-    result = subprocess.run(
-        [str(find_collector()), "components"], capture_output=True, text=True, timeout=60, check=True
-    )
-    return result.stdout
