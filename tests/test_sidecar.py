@@ -1115,6 +1115,7 @@ def test_cli_proxies_and_flushes_telemetry_on_sigterm() -> None:
         (["--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:99999"], "--listen"),
         (["--upstream", "http://127.0.0.1:1", "--listen", "::1:9000"], "--listen"),
         (["--upstream", "http://127.0.0.1:1", "--format", "sse"], "--format"),
+        (["--upstream", "http://127.0.0.1:1", "--detect-bytes", "0"], "--detect-bytes"),
         (["--listen", "127.0.0.1:0"], "--upstream"),
     ],
 )
