@@ -6,16 +6,19 @@ BIN := $(VENV)/bin
 COLLECTOR := collector/_build/tokenlat-otelcol
 # Read from where it is pinned (tokenlat_cli/verify/thanos.py), so that the build and find_thanos() agree.
 THANOS_VERSION := $(shell sed -n 's/^THANOS_VERSION = "\(.*\)"$$/\1/p' tokenlat_cli/verify/thanos.py)
+# The same for Prometheus 3 (a module version: v0.316.0 is Prometheus 3.16.0), pinned in tokenlat_cli/verify/prometheus.py.
+PROMETHEUS3_VERSION := $(shell sed -n 's/^PROMETHEUS3_VERSION = "\(.*\)"$$/\1/p' tokenlat_cli/verify/prometheus.py)
 
-.PHONY: demo test lint collector prometheus victoria-metrics thanos venv configs clean help bench
+.PHONY: demo test lint collector prometheus prometheus3 victoria-metrics thanos venv configs clean help bench
 
 help:
 	@echo "make demo        build everything and run 'tokenlat verify --profile local'"
 	@echo "make test        lint, config drift check, unit and end-to-end tests (what CI runs)"
 	@echo "make collector   build the ocb distribution into $(COLLECTOR)"
 	@echo "make thanos      build Thanos $(THANOS_VERSION) (Receive + Query for the thanos profile) into ~/.cache/tokenlat"
+	@echo "make prometheus3 build Prometheus 3 (module $(PROMETHEUS3_VERSION)), verify's default receiver, into ~/.cache/tokenlat"
 	@echo "make configs     re-render collector/configs/ from the built-in profiles"
-	@echo "make bench       hot-path and sidecar benchmarks; rewrites the figures in docs/benchmarks.md"
+	@echo "make bench       hot-path, sidecar and accuracy benchmarks; rewrites docs/benchmarks.md and docs/accuracy.md"
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -30,6 +33,11 @@ collector:
 # Builds the pinned Thanos from its module source (go install refuses it: replace directives); skips when built.
 thanos:
 	scripts/install-thanos.sh $(THANOS_VERSION)
+
+# Builds the pinned Prometheus 3 from its module source (without the React UI: not in the module zip); skips when
+# built. verify prefers it to Debian's 2.42; the tests run against both.
+prometheus3:
+	scripts/install-prometheus.sh $(PROMETHEUS3_VERSION)
 
 # The receivers verify runs, from Debian's packages when missing and we are root; otherwise says what to do.
 prometheus:
@@ -48,7 +56,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: venv collector prometheus victoria-metrics thanos lint
+test: venv collector prometheus prometheus3 victoria-metrics thanos lint
 	$(BIN)/python -m pytest -v
 
 # CPU per streamed token: naive OTel vs prometheus_client vs tokenlat in one run (well under a minute on 2 cores);
@@ -56,6 +64,7 @@ test: venv collector prometheus victoria-metrics thanos lint
 bench: venv
 	$(BIN)/python -m bench.hot_path --markdown docs/benchmarks.md
 	$(BIN)/python -m bench.sidecar --markdown docs/benchmarks.md
+	$(BIN)/python -m bench.accuracy --markdown docs/accuracy.md
 
 clean:
 	rm -rf collector/_build verify-report.json

@@ -40,3 +40,13 @@ def test_errors_say_what_is_wrong_and_how_to_get_it(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("TOOL_BIN", str(tmp_path / "not-executable"))
     with pytest.raises(Missing, match=r"TOOL_BIN=.*not-executable is not an executable file"):
         find_binary("tool", "TOOL_BIN", "run `make tool`", Missing)
+
+
+def test_a_specific_build_is_not_stood_in_for_by_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _tool(tmp_path / "tool")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("TOOL_BIN", raising=False)
+    with pytest.raises(Missing, match=r"^tool not found: run `make tool`"):
+        find_binary("tool", "TOOL_BIN", "run `make tool`", Missing, [tmp_path / "absent"], search_path=False)
+    built = _tool(tmp_path / "built-tool")
+    assert find_binary("tool", "TOOL_BIN", "run `make tool`", Missing, [built], search_path=False) == built

@@ -6,6 +6,8 @@
 | victoriametrics           | VictoriaMetrics single node                | -tls, -httpAuth.*                     |
 | thanos                    | Thanos Receive (+ Thanos Query to read)    | THANOS-TENANT header, mutual TLS      |
 
+Which Prometheus (Debian's 2.42 or the pinned 3.x) and the flags its version needs: prometheus.py.
+
 The credentials are made per run. The Collector gets them the way an operator gives them: in the environment
 variable the profile names; ``wrong_env`` is the same variable with a wrong value, for the check that a bad
 credential fails visibly.
@@ -27,7 +29,8 @@ from tokenlat_cli.binaries import find_binary
 from tokenlat_cli.verify.certs import CertificateSet
 from tokenlat_cli.verify.checks import PrometheusClient
 from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, ServiceError, free_port
-from tokenlat_cli.verify.services import START_TIMEOUT, find_prometheus
+from tokenlat_cli.verify.prometheus import Prometheus, find_prometheus
+from tokenlat_cli.verify.services import START_TIMEOUT
 from tokenlat_cli.verify.thanos import start_thanos_query, start_thanos_receive
 
 PROMETHEUS_KINDS = ("prometheus", "aliyun", "tencent")
@@ -137,14 +140,14 @@ def _start_prometheus(
     config = workdir / "prometheus.yml"
     config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n", encoding="utf-8")
     port = free_port()
+    # The flags depend on the version (native histograms and exemplars): ask the binary which one it is.
+    prometheus = Prometheus.probe(find_prometheus())
     argv = [
-        str(find_prometheus()),
+        str(prometheus.path),
         f"--config.file={config}",
         f"--storage.tsdb.path={workdir / 'prometheus-data'}",
         f"--web.listen-address=127.0.0.1:{port}",
-        "--web.enable-remote-write-receiver",
-        # Native histograms: what exponential histograms become through remote write.
-        "--enable-feature=native-histograms",
+        *prometheus.receiver_flags(),
         "--storage.tsdb.retention.time=1d",
     ]
     if web:
@@ -157,7 +160,7 @@ def _start_prometheus(
     process.wait_until(lambda: client.ok("/-/ready"), START_TIMEOUT, "ready")
     parts = [p for p, on in (("TLS", tls), ("basic auth", creds is not None)) if on]
     return Backend(
-        description=f"Prometheus{' with ' + ' and '.join(parts) if parts else ''}",
+        description=f"Prometheus {prometheus.version}{' with ' + ' and '.join(parts) if parts else ''}",
         write_url=f"{url}/api/v1/write",
         query=client,
         ca_file=str(certs.ca) if tls else None,

@@ -1,4 +1,5 @@
-"""The real services verify runs: Prometheus, the built Collector, and the synthetic model server."""
+"""The real services verify runs: the built Collector, the synthetic model server and the sidecar (the receivers
+are in backends.py; which Prometheus, in prometheus.py)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenlat.synthetic import LISTENING_PREFIX
-from tokenlat_cli.binaries import find_binary
 from tokenlat_cli.collector import find_collector
 from tokenlat_cli.commands.sidecar import LISTENING_PREFIX as SIDECAR_LISTENING_PREFIX
-from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, ServiceError, free_port, http_ok
+from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, free_port, http_ok
 
-PROMETHEUS_ENV = "PROMETHEUS_BIN"
 START_TIMEOUT = 60.0
-
-
-def find_prometheus() -> Path:
-    """$PROMETHEUS_BIN, else prometheus on PATH (Debian's package)."""
-    how = "install it (`apt-get install prometheus`, or `make prometheus`)"
-    return find_binary("prometheus", PROMETHEUS_ENV, how, ServiceError)
 
 
 @dataclass

@@ -16,13 +16,12 @@ build tags (netgo, slicelabels).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
-from tokenlat_cli.binaries import find_binary
+from tokenlat_cli.binaries import cached_build_path, find_binary
 from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, ServiceError, free_port, http_ok
 
 # The newest release that Go 1.26.8 builds (v0.42.5 asks for go >= 1.26.10). scripts/install-thanos.sh builds
@@ -39,8 +38,7 @@ STORE_TIMEOUT = 30.0
 
 def thanos_install_path(version: str = THANOS_VERSION) -> Path:
     """Where `make thanos` puts the binary: the user's cache, outside the repository."""
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "tokenlat" / f"thanos-{version}" / "thanos"
+    return cached_build_path("thanos", version)
 
 
 def find_thanos() -> Path:
