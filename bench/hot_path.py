@@ -44,6 +44,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.util.types import AttributeValue
 
 from tokenlat import semconv
+from tokenlat.buckets import BucketLayout
 from tokenlat.histograms import TokenlatMetricExporter
 from tokenlat.recorder import TokenMetrics
 from tokenlat.testing import CapturingExporter
@@ -83,6 +84,9 @@ TIERS: tuple[str, ...] = ("free", "pro")
 
 AttributeKey = frozenset[tuple[str, AttributeValue]]
 Progress = Callable[[str], None]
+
+# All three contenders record the inter-token gaps into the boundaries tokenlat uses by default (geometric, 5%).
+ITL_BOUNDS = BucketLayout().bounds(semconv.INTER_TOKEN_LATENCY)
 
 
 # --- the workload -------------------------------------------------------------------------------------------
@@ -162,7 +166,7 @@ class Distribution:
 
     count: int
     total: float
-    buckets: tuple[int, ...]  # per bucket (not cumulative), len(ITL_BUCKETS) + 1
+    buckets: tuple[int, ...]  # per bucket (not cumulative), len(ITL_BOUNDS) + 1
 
 
 @dataclass
@@ -222,7 +226,7 @@ def measure_naive(w: Workload) -> tuple[int, Observed]:
             semconv.INTER_TOKEN_LATENCY,
             unit="s",
             description=semconv.ITL_SPEC.description,
-            explicit_bucket_boundaries_advisory=semconv.ITL_BUCKETS,
+            explicit_bucket_boundaries_advisory=ITL_BOUNDS,
         )
         counter = meter.create_counter(OUTPUT_TOKENS, unit="{token}")
         stream, attributes, stamps = w.stream, w.attributes, w.token_stamps
@@ -256,7 +260,7 @@ def measure_prometheus(w: Workload) -> tuple[int, Observed]:
         PROMETHEUS_NAME,
         semconv.ITL_SPEC.description,
         [label for label, _ in LABELS],
-        buckets=semconv.ITL_BUCKETS,
+        buckets=ITL_BOUNDS,
         registry=registry,
     )
     stream, labels, stamps = w.stream, w.labels, w.token_stamps

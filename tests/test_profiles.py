@@ -112,6 +112,20 @@ def test_missing_file(runner: CliRunner, tmp_path: Path) -> None:
             MINIMAL + "  kind: mimir\n",
             "backend.kind: must be one of aliyun, prometheus, tencent, thanos, victoriametrics",
         ),
+        (MINIMAL + "metrics:\n  histograms: sparse\n", "metrics.histograms: must be one of classic, native"),
+        (
+            MINIMAL + "metrics:\n  buckets: 'geometric:1.5'\n",
+            "metrics.buckets: ttft: target 1.5: must be between 0 and 1 (exclusive)",
+        ),
+        (MINIMAL + "metrics:\n  buckets: 'geometric;ttft=30-0.02'\n", "metrics.buckets: ttft: range 30-0.02"),
+        (
+            MINIMAL + "metrics:\n  buckets: 'geometric:0.001'\n",
+            "metrics.buckets: ttft: range 0.02-30 at 0.001 needs 7402 buckets, more than 400",
+        ),
+        (
+            MINIMAL + "metrics:\n  histograms: native\n  native_custom_buckets: true\n",
+            "metrics.native_custom_buckets: applies to classic histograms only",
+        ),
     ],
 )
 def test_schema_errors_name_file_field_and_reason(runner: CliRunner, tmp_path: Path, text: str, message: str) -> None:

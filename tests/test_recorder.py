@@ -20,10 +20,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.otel_helpers import MODEL, Pipeline, point
 from tokenlat import semconv
+from tokenlat.buckets import BucketLayout
 from tokenlat.histograms import EXPONENTIAL_SCALE, ZERO, explicit_index, exponential_index
 from tokenlat.privacy import UserIdHasher
 from tokenlat.recorder import CANCELLED, DROPPED_ATTRIBUTES, TokenMetrics
 from tokenlat.stream import instrument
+
+# The default layout's inter-token boundaries (geometric, 5%): what a TokenMetrics records with.
+ITL_BOUNDS = BucketLayout().bounds(semconv.INTER_TOKEN_LATENCY)
 
 
 def play(p: Pipeline, arrivals: Sequence[tuple[float, int]], end: float, **request: object) -> None:
@@ -62,8 +66,8 @@ def test_inter_token_distribution_counts_every_gap(pipeline: Pipeline) -> None:
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]  # 3 ms, 17 ms, 110 ms, 1.2 s
     assert itl.count == 4  # output tokens - 1
     assert itl.sum == pytest.approx(sum(gaps))
-    assert list(itl.bucket_counts) == bucket_counts(semconv.ITL_BUCKETS, [(g, 1) for g in gaps])
-    assert list(itl.explicit_bounds) == list(semconv.ITL_BUCKETS)
+    assert list(itl.bucket_counts) == bucket_counts(ITL_BOUNDS, [(g, 1) for g in gaps])
+    assert list(itl.explicit_bounds) == list(ITL_BOUNDS)
     assert sum(1 for c in itl.bucket_counts if c) == 4, "the gaps fall in four distinct buckets"
     assert itl.min == min(gaps) and itl.max == max(gaps)
 
@@ -74,7 +78,7 @@ def test_a_chunk_of_n_tokens_counts_n_times_at_gap_over_n(pipeline: Pipeline) ->
     m = pipeline.collect()
     itl = point(m, semconv.INTER_TOKEN_LATENCY)
     assert itl.count == 6 == 3 + 4 - 1
-    assert list(itl.bucket_counts) == bucket_counts(semconv.ITL_BUCKETS, [(0.0, 2), (0.05, 4)])
+    assert list(itl.bucket_counts) == bucket_counts(ITL_BOUNDS, [(0.0, 2), (0.05, 4)])
     assert itl.sum == pytest.approx(0.2)
     assert point(m, semconv.TIME_PER_OUTPUT_TOKEN).sum == pytest.approx(0.2 / 6)
 

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from tests.conftest import DATA, REPO
 from tokenlat import semconv
+from tokenlat.buckets import BucketLayout
 from tokenlat_cli.collector import validate_config
 from tokenlat_cli.configs import expected_configs
 from tokenlat_cli.main import cli
@@ -146,11 +147,40 @@ def test_render_reports_the_series_the_allowlist_allows(runner: CliRunner) -> No
     result = runner.invoke(cli, ["render", "--profile", "aliyun"])
     assert result.exit_code == 0
     combinations = 2 * 1 * 8 * 2 * 3  # operations x providers x models x GPU types x tiers (aliyun's declared counts)
+    layout = BucketLayout()  # aliyun: classic histograms, the default geometric buckets
     series_per_histogram = {
-        spec.name: len(spec.buckets) + 3 for spec in semconv.ALL_METRICS
+        spec.name: len(layout.bounds(spec.name)) + 3 for spec in semconv.ALL_METRICS
     }  # buckets, +Inf, sum, count
+    for spec in semconv.ALL_METRICS:  # the cost of accuracy, per metric
+        buckets = len(layout.bounds(spec.name))
+        line = f"  {semconv.prometheus_name(spec)}: {buckets} buckets, {buckets + 3} series per attribute set"
+        assert line in result.stderr.splitlines()
     series_per_histogram[semconv.REQUEST_DURATION] *= 6 + 1  # error types, and no error
     series_per_histogram[semconv.TOKEN_USAGE] *= 2  # input, output
     expected = combinations * sum(series_per_histogram.values())
     assert f"active series: at most {expected:,} from the metric allowlist" in result.stderr
     assert "no count declared" not in result.stderr
+    assert "histograms: classic, buckets geometric (quantiles within 5% of the truth in range)" in result.stderr
+    assert f"services and sidecars: TOKENLAT_HISTOGRAM=explicit TOKENLAT_BUCKETS='{layout}'" in result.stderr
+
+
+def test_render_native_histograms_cost_one_series_each(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["render", "--profile", "local"])
+    assert result.exit_code == 0 and "histograms: native" in result.stderr
+    for spec in semconv.ALL_METRICS:
+        assert f"  {semconv.prometheus_name(spec)}: 1 series per attribute set" in result.stderr.splitlines()
+    assert "TOKENLAT_HISTOGRAM=exponential" in result.stderr
+    assert "#   TOKENLAT_HISTOGRAM=exponential" in result.stdout  # the header tells services too
+
+
+@pytest.mark.e2e
+def test_render_native_histograms_with_custom_buckets(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "nhcb.yaml"
+    path.write_text("extends: local\nmetrics:\n  histograms: classic\n  native_custom_buckets: true\n")
+    result = runner.invoke(cli, ["render", "--profile", str(path)])
+    assert result.exit_code == 0
+    assert "    convert_explicit_histograms_to_nhcb: true\n" in result.stdout
+    assert "sent as native histograms with custom buckets" in result.stderr
+    buckets = len(BucketLayout().bounds(semconv.TIME_TO_FIRST_TOKEN))
+    assert f"gen_ai_server_time_to_first_token_seconds: {buckets} buckets, 1 series per attribute set" in result.stderr
+    validate_config(result.stdout)  # the pinned Collector knows the setting

@@ -16,6 +16,7 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, Metric
 import tokenlat
 from tests.otel_helpers import Pipeline
 from tokenlat import semconv
+from tokenlat.buckets import BucketLayout
 from tokenlat.stream import (
     RequestTiming,
     TokenMetrics,
@@ -87,7 +88,9 @@ class Upstream:
 
 @pytest.fixture
 def pipeline() -> Iterator[tuple[TokenMetrics, Pipeline]]:
-    p = Pipeline()  # a private MeterProvider exporting through TokenlatMetricExporter, never the global one
+    # A private MeterProvider exporting through TokenlatMetricExporter, never the global one. The conventions'
+    # buckets, so that the expected bucket of each value below can be read off semconv.py.
+    p = Pipeline(buckets=BucketLayout.semconv())
     yield p.metrics, p
     p.close()
 
@@ -186,17 +189,21 @@ def test_exact_values_and_buckets(pipeline: tuple[TokenMetrics, Pipeline]) -> No
     assert dict(usage["input"].attributes) == {**ATTRS, semconv.GEN_AI_TOKEN_TYPE: "input"}
 
 
-def test_boundaries_are_semconv_not_sdk_default(pipeline: tuple[TokenMetrics, Pipeline]) -> None:
-    metrics, reader = pipeline
-    run_sync(metrics, FakeClock())
-    collected = collect(reader)
+@pytest.mark.parametrize("layout", [BucketLayout(), BucketLayout.semconv()], ids=["default", "semconv"])
+def test_boundaries_are_the_layouts_not_sdk_default(layout: BucketLayout) -> None:
+    reader = Pipeline(**({} if layout == BucketLayout() else {"buckets": layout}))
+    try:
+        run_sync(reader.metrics, FakeClock())
+        collected = collect(reader)
+    finally:
+        reader.close()
     assert set(collected) == {spec.name for spec in semconv.ALL_METRICS}
     sdk_default = (0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0)
     for spec in semconv.ALL_METRICS:
         m = collected[spec.name]
         assert (m.unit, m.description) == (spec.unit, spec.description)
         for p in m.data.data_points:
-            assert tuple(p.explicit_bounds) == spec.buckets
+            assert tuple(p.explicit_bounds) == layout.bounds(spec.name)
             assert tuple(p.explicit_bounds[: len(sdk_default)]) != sdk_default
 
 

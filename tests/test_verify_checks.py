@@ -8,6 +8,8 @@ import math
 import pytest
 
 from tokenlat import semconv
+from tokenlat.buckets import BucketLayout
+from tokenlat.histograms import EXPONENTIAL_SCALE
 from tokenlat.stream import RequestTiming
 from tokenlat_cli.verify import checks
 from tokenlat_cli.verify.report import Report
@@ -29,21 +31,92 @@ def test_bucket_of_uses_upper_inclusive_bounds() -> None:
     assert checks.bucket_of(0.9, bounds) == (0.5, math.inf)
 
 
-def test_quantile_check_passes_within_the_bucket_and_fails_outside() -> None:
-    truths = [0.3] * 10  # all in TTFT bucket (0.25, 0.5]
-    ok = checks.quantile_check(semconv.TTFT_SPEC, 0.5, truths, 0.45)
-    assert ok.passed and ok.tolerance == pytest.approx(0.25) and ok.error == pytest.approx(0.15)
-    bad = checks.quantile_check(semconv.TTFT_SPEC, 0.5, truths, 0.9)
-    assert not bad.passed and "bucket (0.25, 0.5]" in bad.detail
-    missing = checks.quantile_check(semconv.TTFT_SPEC, 0.5, truths, None)
-    assert not missing.passed and missing.detail == "no data in Prometheus"
-    nan = checks.quantile_check(semconv.TTFT_SPEC, 0.5, truths, math.nan)
-    assert not nan.passed
+DEFAULT = BucketLayout()
+TTFT = semconv.TTFT_SPEC
 
 
-def test_quantile_beyond_the_last_bucket_cannot_pass() -> None:
-    beyond = semconv.TTFT_SPEC.buckets[-1] * 2
-    assert not checks.quantile_check(semconv.TTFT_SPEC, 0.5, [beyond], beyond).passed
+def test_truth_row_judges_the_relative_error_against_the_stated_target() -> None:
+    truths = [0.3] * 10
+    ok = checks.truth_check(TTFT, 0.5, truths, 0.31, DEFAULT)  # classic, default layout: 5%
+    assert ok.passed and ok.error == pytest.approx(1 / 30) and ok.tolerance == 0.05
+    assert "relative error +3.33%" in ok.detail and "target 5%" in ok.detail
+    assert not checks.truth_check(TTFT, 0.5, truths, 0.33, DEFAULT).passed  # +10%
+    assert checks.truth_check(TTFT, 0.5, truths, 0.3045, None).passed  # native: 2%
+    native_off = checks.truth_check(TTFT, 0.5, truths, 0.309, None)
+    assert not native_off.passed and native_off.tolerance == checks.NATIVE_TARGET
+    for observed in (None, math.nan):
+        missing = checks.truth_check(TTFT, 0.5, truths, observed, DEFAULT)
+        assert not missing.passed and missing.detail == "no data in Prometheus"
+
+
+def test_truth_row_takes_every_true_quantile_when_the_rank_is_whole() -> None:
+    # p50 of 4 values: 2 of 4 at or below, 2 at or above, anything from the 2nd to the 3rd value is a median; and
+    # Prometheus 3 answers from the 3rd value's bucket then.
+    truths = [0.1, 0.2, 0.4, 0.8]
+    assert checks.true_quantile_interval(truths, 0.5) == (0.2, 0.4)
+    assert checks.true_quantile_interval(truths, 0.6) == (0.4, 0.4)
+    inside = checks.truth_check(TTFT, 0.5, truths, 0.39, None)
+    assert inside.passed and inside.error == 0 and "every value in [0.2, 0.4] is a true p50" in inside.detail
+    beyond = checks.truth_check(TTFT, 0.5, truths, 0.41, None)
+    assert not beyond.passed and beyond.error == pytest.approx(0.025)
+
+
+def test_through_the_sidecar_the_target_is_the_sidecars() -> None:
+    rows = checks.quantile_checks(TTFT, 0.99, [0.3] * 100, 0.309, None, via_sidecar=True)
+    assert rows[0].passed and rows[0].tolerance == checks.SIDECAR_TARGET
+    assert "measured through the sidecar" in rows[0].detail
+    assert rows[1].tolerance == "every value moved by up to 2000 us"
+
+
+def test_truth_row_fails_where_the_layout_promises_nothing() -> None:
+    # The conventions' buckets promise no accuracy: even a close answer does not pass as "within target".
+    semconv_row = checks.truth_check(TTFT, 0.5, [0.3] * 10, 0.3, BucketLayout.semconv())
+    assert not semconv_row.passed and "promise no accuracy" in semconv_row.detail and semconv_row.tolerance == "none"
+    # Outside the operating range (TTFT 0.02-30 s by default) neither.
+    beyond = checks.truth_check(TTFT, 0.5, [50.0], 50.0, DEFAULT)
+    assert not beyond.passed and "outside the layout's range 0.02-30" in beyond.detail
+
+
+def test_pipeline_row_classic_is_what_the_buckets_answer() -> None:
+    truths = [0.11, 0.12, 0.125, 0.3, 0.31]
+    ideal = checks.histogram_quantile(0.9, truths, DEFAULT.bounds(TTFT.name))
+    assert checks.pipeline_check(TTFT, 0.9, truths, ideal, DEFAULT).passed
+    off = checks.pipeline_check(TTFT, 0.9, truths, ideal * 1.01, DEFAULT)  # within the 5% target, yet not lossless
+    assert not off.passed and off.tolerance == "every value moved by up to 100 us"
+    assert not checks.pipeline_check(TTFT, 0.9, truths, None, DEFAULT).passed
+
+
+def test_pipeline_row_lets_a_value_at_a_boundary_fall_either_side() -> None:
+    # The measurement and the truth are two clock readings a few microseconds apart: a true value 10 us above a
+    # boundary may have been recorded just below it.
+    bounds = DEFAULT.bounds(TTFT.name)
+    edge = next(b for b in bounds if b > 0.2)
+    truths = [0.15, edge + 1e-5, 0.3, 0.31]
+    recorded = [0.15, edge - 1e-5, 0.3, 0.31]
+    answer = checks.histogram_quantile(0.5, recorded, bounds)
+    assert answer != checks.histogram_quantile(0.5, truths, bounds)
+    assert checks.pipeline_check(TTFT, 0.5, truths, answer, DEFAULT).passed
+    assert not checks.pipeline_check(TTFT, 0.5, truths, answer, DEFAULT, offset=1e-6).passed
+
+
+def test_pipeline_row_native_takes_the_buckets_of_the_rank_and_the_next_value() -> None:
+    truths = [0.1, 0.2, 0.4, 0.8]  # p50: rank 2 = 0.2, which ends its bucket; the next value is 0.4
+    lower, _ = checks.exponential_bucket_of(0.2, EXPONENTIAL_SCALE)
+    next_lower, next_upper = checks.exponential_bucket_of(0.4, EXPONENTIAL_SCALE)
+    assert checks.pipeline_check(TTFT, 0.5, truths, 0.2, None).passed
+    # Prometheus 3 answers the next populated bucket's lower bound when the rank ends a bucket exactly.
+    assert checks.pipeline_check(TTFT, 0.5, truths, next_lower, None).passed
+    assert not checks.pipeline_check(TTFT, 0.5, truths, lower * 0.99, None).passed
+    assert not checks.pipeline_check(TTFT, 0.5, truths, next_upper * 1.01, None).passed
+
+
+def test_quantile_checks_give_both_rows() -> None:
+    rows = checks.quantile_checks(TTFT, 0.95, [0.3] * 20, 0.3, DEFAULT)
+    assert [row.name for row in rows] == [
+        "gen_ai_server_time_to_first_token_seconds p95 vs the truth",
+        "gen_ai_server_time_to_first_token_seconds p95 as the buckets allow",
+    ]
+    assert 0.95 in checks.QUANTILES
 
 
 def test_histogram_quantile_interpolates_like_prometheus() -> None:
@@ -54,11 +127,6 @@ def test_histogram_quantile_interpolates_like_prometheus() -> None:
     assert checks.histogram_quantile(0.25, values, bounds) == pytest.approx(0.5)  # rank 1 of 2 in (0, 1]
     assert checks.histogram_quantile(0.625, values, bounds) == pytest.approx(1.5)  # rank 2.5 halfway in (1, 2]
     assert checks.histogram_quantile(0.99, [9.0], bounds) == 4.0  # +Inf bucket: the last finite bound
-
-
-def test_quantile_detail_names_what_a_lossless_histogram_answers() -> None:
-    check = checks.quantile_check(semconv.TTFT_SPEC, 0.5, [0.3, 0.4], 0.375)
-    assert check.detail == "bucket (0.25, 0.5]; a lossless histogram answers 0.375"
 
 
 def test_count_check_is_exact() -> None:
@@ -94,15 +162,15 @@ def test_wait_for_value_returns_last_value_at_deadline() -> None:
 def test_report_table_and_json() -> None:
     report = Report(profile="local", settings={"requests": 2})
     report.checks.append(checks.count_check("requests", 2, 2))
-    report.checks.append(checks.quantile_check(semconv.TTFT_SPEC, 0.5, [200.0], 150.0))
+    report.checks.append(checks.truth_check(TTFT, 0.5, [200.0], 150.0, BucketLayout.semconv()))
     table = report.table()
     lines = table.splitlines()
     assert lines[0].split() == ["check", "expected", "observed", "error", "tolerance", "result", "detail"]
-    assert "PASS" in lines[2] and "FAIL" in lines[3] and "inf" in lines[3]
+    assert "PASS" in lines[2] and "FAIL" in lines[3] and "none" in lines[3]
     assert lines[-1] == "verify FAILED: 1 of 2 checks passed"
     payload = json.loads(report.to_json())
     assert payload["passed"] is False
-    assert payload["checks"][1]["tolerance"] == "inf"
+    assert payload["checks"][1]["tolerance"] == "none"
     assert [c["passed"] for c in payload["checks"]] == [True, False]
 
 
@@ -123,13 +191,11 @@ def test_queries_for_classic_and_native_histograms() -> None:
     assert native.quantile(ttft, 0.9) == "histogram_quantile(0.9, sum(gen_ai_server_time_to_first_token_seconds))"
 
 
-def test_native_tolerance_is_the_exponential_bucket_width() -> None:
+def test_exponential_bucket_of() -> None:
     lower, upper = checks.exponential_bucket_of(1.0, 3)
     assert lower < 1.0 <= upper and upper == pytest.approx(1.0) and lower == pytest.approx(2 ** (-1 / 8))
-    check = checks.quantile_check(semconv.TTFT_SPEC, 0.5, [0.13] * 3, 0.131, native=True)
-    assert check.passed and check.tolerance < 0.13 * 0.1
-    assert "relative error +0.8%" in check.detail
-    assert not checks.quantile_check(semconv.TTFT_SPEC, 0.5, [0.13] * 3, 0.16, native=True).passed
+    lower, upper = checks.exponential_bucket_of(0.13, EXPONENTIAL_SCALE)
+    assert upper / lower - 1 < 0.011  # scale 6: the 1.1% native histograms promise
 
 
 def test_id_value_check_finds_a_leaked_id_in_any_label() -> None:

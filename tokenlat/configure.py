@@ -12,6 +12,8 @@ _CLIENT_KEY, _INSECURE, OTEL_METRIC_EXPORT_INTERVAL, OTEL_SERVICE_NAME, OTEL_RES
     TOKENLAT_ATTRIBUTES     process-wide metric attributes, "tokenlat.gpu.type=H100,tokenlat.quantization=fp8"
     TOKENLAT_SPANS          "true": one span per request (exemplars then carry its trace id)
     TOKENLAT_HISTOGRAM      "explicit" (default) or "exponential" (Prometheus native histograms)
+    TOKENLAT_BUCKETS        explicit boundaries: "geometric[:TARGET]" (default 5%, with ranges and thresholds)
+                            or "semconv"; the grammar is in tokenlat.buckets. Render prints a profile's.
     TOKENLAT_USER_ID_KEY    key of the keyed hash of user ids (unset: user ids are dropped)
     TOKENLAT_USER_ID_HASH   "sha256" (default) or "sm3"
 
@@ -35,6 +37,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.util.types import AttributeValue
 
+from tokenlat.buckets import BucketLayout
 from tokenlat.histograms import EXPONENTIAL_SCALE, TokenlatMetricExporter
 from tokenlat.privacy import UserIdHasher
 from tokenlat.recorder import TokenMetrics
@@ -71,6 +74,17 @@ def _choice(value: str | None, name: str, choices: tuple[str, ...], default: str
     if value not in choices:
         raise ConfigurationError(f"{name}: must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def _layout(spec: str | None, environ: Mapping[str, str]) -> BucketLayout:
+    name = "buckets" if spec else "TOKENLAT_BUCKETS"
+    spec = spec or _env("TOKENLAT_BUCKETS", environ)
+    if spec is None:
+        return BucketLayout()
+    try:
+        return BucketLayout.parse(spec)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: {exc}") from None
 
 
 def _bool(value: str | None, name: str) -> bool:
@@ -166,6 +180,7 @@ def configure(
     spans: bool | None = None,
     histogram: str | None = None,
     exponential_scale: int = EXPONENTIAL_SCALE,
+    buckets: BucketLayout | str | None = None,
     resource_attributes: Mapping[str, AttributeValue] | None = None,
     export_interval_millis: float | None = None,
     tls: TLSFiles | None = None,
@@ -175,7 +190,8 @@ def configure(
     environ: Mapping[str, str] | None = None,
 ) -> Telemetry:
     """Build the providers and a TokenMetrics. ``tls`` sets the OTLP exporters' CA and client certificate (mutual
-    TLS); ``metric_exporter``/``span_exporter`` replace the OTLP exporters altogether."""
+    TLS); ``metric_exporter``/``span_exporter`` replace the OTLP exporters altogether. ``buckets``: the explicit
+    bucket layout, or its spec (TOKENLAT_BUCKETS)."""
     env = os.environ if environ is None else environ
     # The error names the variable the bad value came from (the metrics-specific one wins, as in the SDK).
     protocol_source = next(
@@ -186,6 +202,7 @@ def configure(
         protocol or _env(protocol_source, env), "protocol" if protocol else protocol_source, PROTOCOLS, "grpc"
     )
     histogram = _choice(histogram or _env("TOKENLAT_HISTOGRAM", env), "TOKENLAT_HISTOGRAM", HISTOGRAMS, "explicit")
+    layout = buckets if isinstance(buckets, BucketLayout) else _layout(buckets, env)
     want_spans = spans if spans is not None else _bool(_env("TOKENLAT_SPANS", env), "TOKENLAT_SPANS")
     process_attributes = {**parse_attributes(_env("TOKENLAT_ATTRIBUTES", env) or ""), **(attributes or {})}
     try:
@@ -216,5 +233,6 @@ def configure(
         user_id_hasher=hasher,
         exponential=histogram == "exponential",
         exponential_scale=exponential_scale,
+        buckets=layout,
     )
     return Telemetry(token_metrics, meter_provider, tracer_provider)

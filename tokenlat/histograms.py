@@ -41,14 +41,16 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.types import AttributeValue
 
 from tokenlat import semconv
+from tokenlat.buckets import BucketLayout
 
 if TYPE_CHECKING:
     from tokenlat.recorder import RequestTiming
 
 SCOPE_NAME = "tokenlat"
-# Base-2 exponential buckets at scale 3: 8 buckets per doubling, relative error under 4.4%; 1 ms to 100 s
-# spans ~17 doublings, about 135 buckets.
-EXPONENTIAL_SCALE = 3
+# Base-2 exponential buckets at scale 6: 64 buckets per doubling, each 1.09% wide, so a quantile Prometheus
+# answers is within 1.1% of the truth (answer and truth share a bucket), inside the 2% users are promised. Only
+# the buckets in use are sent: a TTFT spread over a few doublings fills a few hundred.
+EXPONENTIAL_SCALE = 6
 # Bucket key of a zero value in exponential mode (the tokens of a chunk that arrive with the first one).
 ZERO = -(2**62)
 
@@ -101,11 +103,19 @@ class _Point:
 class CumulativeHistogram:
     """One metric: a cumulative histogram per attribute set. Not locked itself: MetricStore holds the lock."""
 
-    def __init__(self, spec: semconv.MetricSpec, exponential: bool, scale: int = EXPONENTIAL_SCALE) -> None:
+    def __init__(
+        self,
+        spec: semconv.MetricSpec,
+        exponential: bool,
+        scale: int = EXPONENTIAL_SCALE,
+        bounds: Sequence[float] | None = None,
+    ) -> None:
+        """``bounds``: the explicit boundaries (default: the spec's advisory ones); unused when ``exponential``."""
         self.spec = spec
         self.exponential = exponential
         self.scale = scale
-        self.index: BucketIndex = exponential_index(scale) if exponential else explicit_index(spec.buckets)
+        self.bounds = tuple(spec.buckets if bounds is None else bounds)
+        self.index: BucketIndex = exponential_index(scale) if exponential else explicit_index(self.bounds)
         self._points: dict[AttributeKey, _Point] = {}
 
     def _point(self, key: AttributeKey, attributes: Mapping[str, AttributeValue]) -> _Point:
@@ -177,8 +187,8 @@ class CumulativeHistogram:
             time_unix_nano=now_ns,
             count=point.count,
             sum=point.total,
-            bucket_counts=[point.counts.get(i, 0) for i in range(len(self.spec.buckets) + 1)],
-            explicit_bounds=list(self.spec.buckets),
+            bucket_counts=[point.counts.get(i, 0) for i in range(len(self.bounds) + 1)],
+            explicit_bounds=list(self.bounds),
             min=point.minimum,
             max=point.maximum,
             exemplars=self._exemplars(point),
@@ -216,16 +226,21 @@ _OUTPUT = (semconv.GEN_AI_TOKEN_TYPE, semconv.TOKEN_TYPE_OUTPUT)
 class MetricStore:
     """The five histograms of the contract, updated under one lock, once per request."""
 
-    def __init__(self, exponential: bool = False, scale: int = EXPONENTIAL_SCALE) -> None:
+    def __init__(
+        self, exponential: bool = False, scale: int = EXPONENTIAL_SCALE, layout: BucketLayout | None = None
+    ) -> None:
         """``scale`` (exponential only): 2**scale buckets per doubling; the Prometheus native-histogram range is
-        -4 to 8, and each step up halves the relative error (4.4% at 3, 0.27% at 8)."""
+        -4 to 8, and each step up halves a bucket's width (9.1% at 3, 1.09% at 6, 0.27% at 8). ``layout``
+        (explicit only): the boundaries, by default ``BucketLayout()``: geometric, every quantile within 5% of the
+        truth over its operating ranges (tokenlat.buckets)."""
         if not -4 <= scale <= 8:
             raise ValueError(f"exponential scale must be between -4 and 8 (Prometheus native histograms), got {scale}")
         self.exponential = exponential
+        self.layout = layout if layout is not None else BucketLayout()
         self._start_ns = time.time_ns()
         self._lock = threading.Lock()
         self.ttft, self.tpot, self.duration, self.usage, self.inter_token = (
-            CumulativeHistogram(spec, exponential, scale)
+            CumulativeHistogram(spec, exponential, scale, self.layout.bounds(spec.name))
             for spec in (
                 semconv.TTFT_SPEC,
                 semconv.TPOT_SPEC,

@@ -29,6 +29,7 @@ from opentelemetry.util.types import AttributeValue
 
 from tokenlat import semconv
 from tokenlat.attributes import AttributePolicy
+from tokenlat.buckets import BucketLayout
 from tokenlat.histograms import EXPONENTIAL_SCALE, MetricStore, RequestGaps, TokenlatMetricExporter
 from tokenlat.privacy import UserIdHasher
 
@@ -104,6 +105,7 @@ class TokenMetrics:
         user_id_hasher: UserIdHasher | None = None,
         exponential: bool = False,
         exponential_scale: int = EXPONENTIAL_SCALE,
+        buckets: BucketLayout | None = None,
         clock: Clock = time.perf_counter,
     ) -> None:
         provider = meter_provider if meter_provider is not None else get_meter_provider()
@@ -112,7 +114,7 @@ class TokenMetrics:
         self.attributes = self.policy.filter(attributes or {})
         self.hasher = user_id_hasher
         self.clock = clock
-        self.store = MetricStore(exponential=exponential, scale=exponential_scale)
+        self.store = MetricStore(exponential=exponential, scale=exponential_scale, layout=buckets)
         # The one SDK instrument: observed at collection, never on the request path. It also guarantees that every
         # collection has SDK data, so the exporter is called and can carry the store's histograms.
         self._meter = provider.get_meter("tokenlat")

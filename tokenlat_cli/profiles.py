@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from tokenlat import semconv
+from tokenlat.buckets import BucketLayout
 from tokenlat_cli.schema import (
     DURATION,
     ENV_NAME,
@@ -124,6 +125,15 @@ def _check_allowlist(profile: dict[str, Any], path: str) -> None:
                 f"{key!r} identifies a request or a user and must not become a metric label "
                 "(it belongs on spans, reachable through exemplars)",
             )
+
+
+def _check_histograms(metrics: dict[str, Any], path: str) -> None:
+    try:
+        BucketLayout.parse(metrics["buckets"])
+    except ValueError as exc:
+        raise SchemaError(f"{path}.buckets", str(exc)) from None
+    if metrics["native_custom_buckets"] and metrics["histograms"] != "classic":
+        raise SchemaError(f"{path}.native_custom_buckets", "applies to classic histograms only")
 
 
 def _env_name(doc: str, default: str = "") -> Str:
@@ -247,8 +257,29 @@ PROFILE_SCHEMA = Obj(
             },
         ),
         "metrics": Obj(
-            doc="What metric data points may carry.",
+            doc="What metric data points may carry, and how the latency histograms are bucketed.",
+            check=_check_histograms,
             fields={
+                "histograms": Enum(
+                    doc="native: Prometheus native histograms (exponential, scale 6: every quantile within 1.1% "
+                    "of the truth, one series per histogram), for receivers that store them (Prometheus, Thanos "
+                    "Receive >= 0.41); classic: explicit buckets (metrics.buckets), for any receiver.",
+                    choices=("native", "classic"),
+                    default="classic",
+                ),
+                "buckets": Str(
+                    doc="Classic histograms' boundaries (tokenlat.buckets, TOKENLAT_BUCKETS): geometric[:TARGET] "
+                    "keeps quantiles within TARGET (default 0.05) of the truth over each metric's operating range "
+                    "(METRIC=LOW-HIGH) with thresholds as boundaries (METRIC@VALUE); semconv: the conventions' "
+                    "advisory buckets, which promise no accuracy.",
+                    default="geometric",
+                ),
+                "native_custom_buckets": Bool(
+                    doc="Classic only: send the explicit buckets as native histograms with custom buckets (NHCB, "
+                    "one series per histogram instead of one per bucket); the receiver must store them "
+                    "(Prometheus 3.x).",
+                    default=False,
+                ),
                 "attributes": List(
                     doc="Allowlist of data-point attribute keys; all others are dropped in the Collector.",
                     item=Str(),
@@ -318,6 +349,21 @@ class Profile:
     name: str
     source: str
     data: dict[str, Any]
+
+    @property
+    def native(self) -> bool:
+        return bool(self.data["metrics"]["histograms"] == "native")
+
+    @property
+    def layout(self) -> BucketLayout:
+        return BucketLayout.parse(self.data["metrics"]["buckets"])
+
+    def library_env(self) -> dict[str, str]:
+        """The tokenlat variables a service (or sidecar) needs to record the histograms this profile expects."""
+        return {
+            "TOKENLAT_HISTOGRAM": "exponential" if self.native else "explicit",
+            "TOKENLAT_BUCKETS": str(self.layout),
+        }
 
 
 def builtin_dir() -> Path:

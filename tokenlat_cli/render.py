@@ -126,6 +126,7 @@ def template_context(profile: Profile, role: str = "standalone") -> dict[str, An
     return {
         "profile": profile,
         "p": p,
+        "library_env": profile.library_env(),
         "role_flag": "" if role == "standalone" else f" --role {role}",
         "role_description": ROLES[role],
         "metrics_pipeline": metrics_pipeline,
@@ -166,9 +167,19 @@ def render_collector_config(profile: Profile, role: str = "standalone") -> str:
     return template.render(context, env_vars=env_vars_referenced(body))
 
 
-def series_estimate(profile: Profile) -> tuple[int, list[str]]:
+@dataclass(frozen=True)
+class SeriesEstimate:
+    """What the metric allowlist and the histogram layout let the five histograms cost in active series."""
+
+    total: int  # upper bound over all five histograms
+    undeclared: list[str]  # allowlisted attributes without a declared count (counted as 1)
+    buckets: dict[str, int]  # boundaries per metric (0 for native histograms, whose buckets are not series)
+    per_histogram: dict[str, int]  # series one attribute set of each metric costs
+
+
+def series_estimate(profile: Profile) -> SeriesEstimate:
     """Upper bound of the active series the allowlist lets the five histograms produce, from the declared
-    label-value counts; and the allowlisted attributes without a declared count (counted as 1)."""
+    label-value counts and the bucket layout: the cost of accuracy in plain sight."""
     p = profile.data
     declared = p["metrics"]["cardinality"]
     combos = 1
@@ -181,13 +192,19 @@ def series_estimate(profile: Profile) -> tuple[int, list[str]]:
         else:
             undeclared.append(key)
     error_types = declared.get(semconv.ERROR_TYPE, 1) + 1  # + the series without error.type
+    one_series = profile.native or p["metrics"]["native_custom_buckets"]
+    layout = profile.layout
     total = 0
+    buckets: dict[str, int] = {}
+    per_histogram: dict[str, int] = {}
     for spec in semconv.ALL_METRICS:
-        buckets = len(spec.buckets) + 1 + 2  # classic: _bucket per bound and +Inf, _sum, _count
+        buckets[spec.name] = 0 if profile.native else len(layout.bounds(spec.name))
+        # Native (and NHCB): one series per histogram; classic: a _bucket per bound and +Inf, _sum, _count.
+        per_histogram[spec.name] = 1 if one_series else buckets[spec.name] + 1 + 2
         per_spec = combos
         if spec is semconv.DURATION_SPEC:
             per_spec *= error_types
         if spec is semconv.TOKEN_USAGE_SPEC:
             per_spec *= 2  # input, output
-        total += per_spec * buckets
-    return total, undeclared
+        total += per_spec * per_histogram[spec.name]
+    return SeriesEstimate(total, undeclared, buckets, per_histogram)

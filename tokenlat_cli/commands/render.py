@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
+from tokenlat import semconv
 from tokenlat_cli.collector import CollectorError, validate_config
 from tokenlat_cli.files import write_atomically
 from tokenlat_cli.options import load_profile_or_exit, profile_option
+from tokenlat_cli.profiles import Profile
 from tokenlat_cli.render import ROLES, RenderError, render_collector_config, series_estimate
 
 
@@ -55,6 +57,30 @@ def render(profile_name: str, output: Path | None, role: str, validate: bool) ->
         write_atomically(output, text)
         click.echo(f"wrote {output} (profile {profile.name}, role {role})", err=True)
     if role != "gateway":
-        series, undeclared = series_estimate(profile)
-        note = f"; no count declared for {', '.join(undeclared)} (taken as 1)" if undeclared else ""
-        click.echo(f"active series: at most {series:,} from the metric allowlist{note}", err=True)
+        _report_cost(profile)
+
+
+def _report_cost(profile: Profile) -> None:
+    """What the histograms cost, next to what they promise: buckets and series per metric, and the total."""
+    estimate = series_estimate(profile)
+    metrics = profile.data["metrics"]
+    if profile.native:
+        click.echo("histograms: native (exponential, scale 6: quantiles within 1.1% of the truth)", err=True)
+    else:
+        target = profile.layout.target
+        promise = f"quantiles within {target:.0%} of the truth in range" if target else "no accuracy promised"
+        nhcb = ", sent as native histograms with custom buckets" if metrics["native_custom_buckets"] else ""
+        click.echo(f"histograms: classic, buckets {metrics['buckets']} ({promise}){nhcb}", err=True)
+    for spec in semconv.ALL_METRICS:
+        buckets = estimate.buckets[spec.name]
+        what = f"{buckets} buckets, " if buckets else ""
+        click.echo(
+            f"  {semconv.prometheus_name(spec)}: {what}{estimate.per_histogram[spec.name]} series per attribute set",
+            err=True,
+        )
+    note = f"; no count declared for {', '.join(estimate.undeclared)} (taken as 1)" if estimate.undeclared else ""
+    click.echo(f"active series: at most {estimate.total:,} from the metric allowlist{note}", err=True)
+    env = " ".join(
+        f"{name}={value!r}" if ";" in value else f"{name}={value}" for name, value in profile.library_env().items()
+    )
+    click.echo(f"services and sidecars: {env}", err=True)

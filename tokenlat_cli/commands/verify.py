@@ -15,6 +15,7 @@ from tokenlat.synthetic import Distribution, parse_token_range
 from tokenlat_cli.collector import CollectorError, find_collector
 from tokenlat_cli.files import write_atomically
 from tokenlat_cli.options import load_profile_or_exit, profile_option
+from tokenlat_cli.verify.html_report import render_html
 from tokenlat_cli.verify.processes import ServiceError
 from tokenlat_cli.verify.runner import UnsupportedProfile, VerifySettings, check_supported, run_verify
 
@@ -37,6 +38,19 @@ def _token_range(ctx: click.Context, param: click.Parameter, value: str) -> str:
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     return f"{low}-{high}"
+
+
+def _writable_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Refuse, before a run of minutes, a path the report could not be written to: the nearest existing ancestor
+    must be a writable directory (missing directories are created when it is written)."""
+    if value is None:
+        return None
+    existing = next(p for p in value.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise click.BadParameter(f"{value}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{value}: the directory {existing} is not writable")
+    return value
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -104,9 +118,9 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 @click.option(
     "--histogram",
     type=click.Choice(["explicit", "exponential"]),
-    default=DEFAULTS.histogram,
-    show_default=True,
-    help="explicit: classic Prometheus histograms; exponential: native histograms.",
+    default=None,
+    help="explicit: classic Prometheus histograms (the profile's metrics.buckets); exponential: native histograms. "
+    "Default: the profile's metrics.histograms.",
 )
 @click.option(
     "--via-sidecar",
@@ -117,7 +131,16 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_writable_file,
     help="Also write the report as JSON here.",
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=_writable_file,
+    help="Also write the report as a self-contained HTML page here: the checks, and per latency metric a chart of "
+    "the true distribution with the quantiles the backend answered.",
 )
 @click.option("--keep", is_flag=True, help="Keep the temp dir (configs, logs, Prometheus data) and print its path.")
 def verify(
@@ -129,9 +152,10 @@ def verify(
     inter_token: str,
     output_tokens: str,
     deadline: float,
-    histogram: str,
+    histogram: str | None,
     via_sidecar: bool,
     json_path: Path | None,
+    html_path: Path | None,
     keep: bool,
 ) -> None:
     """Push synthetic token streams with known timings through the real Collector into the profile's real
@@ -175,6 +199,15 @@ def verify(
             shutil.rmtree(workdir, ignore_errors=True)
     click.echo(report.table())
     if json_path is not None:
-        write_atomically(json_path, report.to_json())
+        _write_report(json_path, report.to_json(), "JSON")
+    if html_path is not None:
+        _write_report(html_path, render_html(report), "HTML")
     if not report.passed:
         raise SystemExit(1)
+
+
+def _write_report(path: Path, text: str, kind: str) -> None:
+    try:
+        write_atomically(path, text)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the {kind} report to {path}: {exc}") from None

@@ -34,6 +34,8 @@ class LoadResult:
     failures: list[str] = field(default_factory=list)
     #: Every gap between consecutive output tokens, per token (the synthetic server sends one token a chunk).
     gaps: list[float] = field(default_factory=list)
+    #: The trace ids of the requests' spans, when the library measured with spans on (their exemplars' targets).
+    trace_ids: set[str] = field(default_factory=set)
 
     @property
     def output_tokens(self) -> int:

@@ -23,12 +23,31 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+@dataclass(frozen=True)
+class LatencyDistribution:
+    """One latency metric of a run, for pictures: the true values and the quantiles the backend answered."""
+
+    metric: str  # the Prometheus name
+    histograms: str  # "native" or "classic"
+    truth: list[float]  # sorted
+    answered: dict[float, float | None]  # quantile -> what the backend answered (None: no data)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "metric": self.metric,
+            "histograms": self.histograms,
+            "truth": self.truth,
+            "answered": {f"{q:g}": _json_number(v) for q, v in self.answered.items()},
+        }
+
+
 @dataclass
 class Report:
     profile: str
     settings: dict[str, Any]
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    distributions: list[LatencyDistribution] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:

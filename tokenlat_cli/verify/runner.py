@@ -17,8 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import requests
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from tokenlat import semconv
+from tokenlat.buckets import BucketLayout
 from tokenlat.configure import Telemetry, TLSFiles, configure
 from tokenlat.recorder import TokenMetrics
 from tokenlat.synthetic import DEFAULT_MODEL, Distribution, SyntheticConfig, parse_token_range, plan_request
@@ -26,12 +28,19 @@ from tokenlat_cli.collector import validate_config
 from tokenlat_cli.profiles import Profile
 from tokenlat_cli.render import render_collector_config
 from tokenlat_cli.verify import checks
-from tokenlat_cli.verify.backends import Backend, UnsupportedBackend, check_backend_supported, start_backend
+from tokenlat_cli.verify.backends import (
+    PROMETHEUS_KINDS,
+    Backend,
+    UnsupportedBackend,
+    check_backend_supported,
+    start_backend,
+)
 from tokenlat_cli.verify.certs import CertificateSet, make_certificates
+from tokenlat_cli.verify.exemplars import EXEMPLAR_METRICS, TraceIds, exemplar_check
 from tokenlat_cli.verify.load import LoadResult, identities, run_load
 from tokenlat_cli.verify.probes import otlp_export_accepted
 from tokenlat_cli.verify.processes import ProcessGroup
-from tokenlat_cli.verify.report import Report
+from tokenlat_cli.verify.report import LatencyDistribution, Report
 from tokenlat_cli.verify.services import (
     CollectorEndpoints,
     start_collector,
@@ -56,8 +65,9 @@ class VerifySettings:
     output_tokens: str = "16-48"
     #: How long to wait for the data to arrive in Prometheus after the flush.
     deadline: float = 60.0
-    #: "explicit" (classic Prometheus histograms) or "exponential" (native histograms).
-    histogram: str = "explicit"
+    #: "explicit" (classic Prometheus histograms) or "exponential" (native histograms); None: the profile's
+    #: metrics.histograms.
+    histogram: str | None = None
     #: Send the traffic through `tokenlat sidecar`, which then does the measuring, instead of the library.
     via_sidecar: bool = False
     export_interval: float = 1.0
@@ -139,15 +149,27 @@ def local_deployment(
     return LocalDeployment(local, f"https://{endpoints.otlp_grpc}", client, mutual)
 
 
-def _telemetry(deployment: LocalDeployment, interval: float, histogram: str) -> Telemetry:
-    """The library's own setup, as a service would call it; nothing from this process's environment leaks in."""
+def histogram_kind(profile: Profile, settings: VerifySettings) -> str:
+    """The histograms the run records: --histogram, else the profile's metrics.histograms."""
+    return settings.histogram or ("exponential" if profile.native else "explicit")
+
+
+def _telemetry(
+    deployment: LocalDeployment, interval: float, histogram: str, spans: SpanExporter | None = None
+) -> Telemetry:
+    """The library's own setup, as a service would call it (the profile's bucket layout, as render tells services
+    to set it); nothing from this process's environment leaks in. With ``spans``, one span per request goes there,
+    and its trace id becomes the exemplar of the buckets the request lands in."""
     return configure(
+        spans=spans is not None,
+        span_exporter=spans,
         endpoint=deployment.otlp_endpoint,
         tls=deployment.client_tls,
         protocol="grpc",
         resource_attributes={"service.name": "tokenlat-verify"},
         export_interval_millis=interval * 1000,
         histogram=histogram,
+        buckets=deployment.profile.layout,
         environ={},
     )
 
@@ -181,7 +203,9 @@ class Stages:
 
 def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: Echo) -> Report:
     stages = Stages(echo, 7)
-    report = Report(profile=profile.name, settings=asdict(settings))
+    run_started = time.time()
+    settings = dataclasses.replace(settings, histogram=histogram_kind(profile, settings))
+    report = Report(profile=profile.name, settings={**asdict(settings), "buckets": str(profile.layout)})
     with ProcessGroup() as group:
         certs = make_certificates(workdir / "certs")
         started = stages.begin(f"starting the {profile.data['backend']['kind']} backend's receiver")
@@ -221,7 +245,8 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
         load = _run_traffic(group, workdir, server.url, deployment, settings, stages, echo)
 
         started = stages.begin(f"waiting for the data in {backend.description} (up to {settings.deadline:.0f}s)")
-        _compare(report, load, settings, backend.query)
+        _compare(report, load, settings, backend.query, profile.layout)
+        _exemplars(report, profile, load, settings, backend.query, run_started)
         report.checks.append(
             checks.count_check("Collector exporter send failures", 0, _exporter_failures(collector.telemetry_url))
         )
@@ -229,9 +254,12 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
             report.checks.extend(_mutual_tls_checks(deployment))
         wrong = backend.wrong_credential()
         if wrong is not None:
-            report.checks.append(_wrong_credential_check(group, workdir, profile, *wrong, certs, load))
+            report.checks.append(
+                _wrong_credential_check(group, workdir, profile, *wrong, certs, load, settings.histogram)
+            )
         if backend.tenant is not None:
-            report.checks.append(_tenant_check(backend, len(load.truths)))
+            queries = checks.Queries(native=settings.histogram == "exponential")
+            report.checks.append(_tenant_check(backend, len(load.truths), queries))
         if sink is not None:
             report.checks.extend(
                 trace_checks(sink, deployment.otlp_endpoint, deployment.client_tls, deployment.profile.data, salt,
@@ -253,6 +281,7 @@ def _wrong_credential_check(
     env: dict[str, str],
     certs: CertificateSet,
     load: LoadResult,
+    histogram: str,
 ) -> checks.Check:
     """A second Collector, same profile, wrong credential (a wrong password, or no client certificate): its
     exporter must count failures, and nothing it sent may arrive (the backend's request count stays what the
@@ -267,7 +296,7 @@ def _wrong_credential_check(
     salt_env = profile.data["deidentification"]["salt_env"]
     config = render_collector_config(deployment.profile)
     collector = start_collector(group, subdir, config, endpoints, env={salt_env: "x", **env})
-    telemetry = _telemetry(deployment, 0.5, "explicit")
+    telemetry = _telemetry(deployment, 0.5, histogram)
     try:
         for _ in range(WRONG_CREDENTIAL_REQUESTS):
             with telemetry.metrics.request({semconv.GEN_AI_OPERATION_NAME: "chat"}) as rec:
@@ -275,7 +304,7 @@ def _wrong_credential_check(
     finally:
         telemetry.shutdown()
     failed = checks.poll(lambda: _exporter_failures(collector.telemetry_url), lambda value: value > 0, 45.0)
-    count = backend.query.scalar(checks.Queries(native=False).count(semconv.DURATION_SPEC)) or 0
+    count = backend.query.scalar(checks.Queries(native=histogram == "exponential").count(semconv.DURATION_SPEC)) or 0
     collector.process.stop()
     arrived = count - len(load.truths)
     what = ", ".join(env) if env is backend.wrong_env else "no client certificate"
@@ -290,10 +319,9 @@ def _wrong_credential_check(
     )
 
 
-def _tenant_check(backend: Backend, requests_sent: int) -> checks.Check:
+def _tenant_check(backend: Backend, requests_sent: int, queries: checks.Queries) -> checks.Check:
     """Thanos: the data is stored under the profile's tenant (the THANOS-TENANT header reached Receive)."""
-    duration = semconv.prometheus_name(semconv.DURATION_SPEC)
-    observed = backend.query.scalar(f'sum({duration}_count{{tenant_id="{backend.tenant}"}})')
+    observed = backend.query.scalar(queries.count(semconv.DURATION_SPEC, f'tenant_id="{backend.tenant}"'))
     return checks.count_check(f"requests stored under tenant_id={backend.tenant}", requests_sent, observed)
 
 
@@ -304,7 +332,8 @@ def _sidecar_env(deployment: LocalDeployment, settings: VerifySettings) -> dict[
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
         "OTEL_METRIC_EXPORT_INTERVAL": str(int(settings.export_interval * 1000)),
         "OTEL_SERVICE_NAME": "tokenlat-verify-sidecar",
-        "TOKENLAT_HISTOGRAM": settings.histogram,
+        "TOKENLAT_HISTOGRAM": histogram_kind(deployment.profile, settings),
+        "TOKENLAT_BUCKETS": str(deployment.profile.layout),
         # Nothing of the caller's own tokenlat setup may change what is being verified.
         "TOKENLAT_ATTRIBUTES": "",
         "TOKENLAT_SPANS": "false",
@@ -345,12 +374,14 @@ def _run_traffic(
         f"streaming {settings.requests} chat completions, {settings.concurrency} at a time, "
         "through the tokenlat instrumentation"
     )
-    telemetry = _telemetry(deployment, settings.export_interval, settings.histogram)
+    spans = TraceIds()
+    telemetry = _telemetry(deployment, settings.export_interval, histogram_kind(deployment.profile, settings), spans)
     try:
         load = _drive(model_url, settings, telemetry.metrics, echo)
     finally:
         # Also on Ctrl-C: the final export reaches the Collector while it is still running.
         telemetry.shutdown()
+    load.trace_ids = spans.ids
     stages.end(started, f"{len(load.truths)} succeeded, {len(load.failures)} failed; metrics flushed")
     return load
 
@@ -409,7 +440,33 @@ def _mean_stream_seconds(settings: VerifySettings) -> float:
     return statistics.fmean(plan_request(config, i).total_seconds for i in range(first))
 
 
-def _compare(report: Report, load: LoadResult, settings: VerifySettings, client: checks.PrometheusClient) -> None:
+def _exemplars(
+    report: Report,
+    profile: Profile,
+    load: LoadResult,
+    settings: VerifySettings,
+    client: checks.PrometheusClient,
+    since: float,
+) -> None:
+    """The drill-down from a bucket to its trace, where the run can show it."""
+    if settings.via_sidecar:
+        report.notes.append("exemplars not checked: the sidecar records no spans in this run")
+        return
+    if profile.data["backend"]["kind"] not in PROMETHEUS_KINDS:
+        report.notes.append(f"exemplars not checked: verify's {profile.data['backend']['kind']} keeps none")
+        return
+    queries = checks.Queries(native=settings.histogram == "exponential")
+    for spec in EXEMPLAR_METRICS:
+        report.checks.append(exemplar_check(client, queries, spec, load.trace_ids, since, time.time()))
+
+
+def _compare(
+    report: Report,
+    load: LoadResult,
+    settings: VerifySettings,
+    client: checks.PrometheusClient,
+    layout: BucketLayout,
+) -> None:
     queries = checks.Queries(native=settings.histogram == "exponential")
     sent = len(load.truths)
     report.checks.append(checks.count_check("requests that succeeded", settings.requests, sent))
@@ -434,9 +491,21 @@ def _compare(report: Report, load: LoadResult, settings: VerifySettings, client:
     truths = checks.truth_series(load.truths)
     truths[semconv.INTER_TOKEN_LATENCY] = load.gaps
     for spec in (semconv.TTFT_SPEC, semconv.TPOT_SPEC, semconv.DURATION_SPEC, semconv.ITL_SPEC):
+        answered: dict[float, float | None] = {}
+        report.distributions.append(
+            LatencyDistribution(
+                semconv.prometheus_name(spec),
+                "native" if queries.native else "classic",
+                sorted(truths[spec.name]),
+                answered,
+            )
+        )
         for q in checks.QUANTILES:
-            observed_q = client.scalar(queries.quantile(spec, q))
-            report.checks.append(checks.quantile_check(spec, q, truths[spec.name], observed_q, queries.native))
+            observed_q = answered[q] = client.scalar(queries.quantile(spec, q))
+            classic = None if queries.native else layout
+            report.checks.extend(
+                checks.quantile_checks(spec, q, truths[spec.name], observed_q, classic, settings.via_sidecar)
+            )
     report.checks.append(checks.id_label_check(client.label_names()))
     sent_ids = {i for index in range(settings.requests) for i in identities(index)}
     report.checks.append(checks.id_value_check(client.label_values(), sent_ids))
