@@ -17,8 +17,10 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
 from tests.otel_helpers import MODEL, FakeClock, Pipeline, point
+from tests.streams import OPENAI_CHAT, chunk_at
 from tokenlat import semconv
 from tokenlat.asgi import OpenAISSECounter, TokenStreamingResponse, openai_event_tokens
+from tokenlat.parsers import StreamParser
 from tokenlat.recorder import CANCELLED
 
 
@@ -42,8 +44,8 @@ class EngineError(Exception):
 
 
 async def upstream(
-    clock: FakeClock, script: Sequence[tuple[float, str]], end: float, closed: list[bool] | None = None
-) -> AsyncIterator[str]:
+    clock: FakeClock, script: Sequence[tuple[float, str | bytes]], end: float, closed: list[bool] | None = None
+) -> AsyncIterator[str | bytes]:
     """Yields the script's chunks at their times; then, with ``closed``, waits forever (a stalled engine)."""
     try:
         for t, chunk in script:
@@ -123,6 +125,37 @@ def test_response_records_from_the_sse_it_sends(pipeline: Pipeline) -> None:
     assert itl.count == 3  # output tokens - 1: the chunk of 2 at 0.75 counts twice at 0.125, then 0.25
     assert itl.sum == 0.5
     assert itl.min == 0.125 and itl.max == 0.25
+
+
+def test_a_reasoning_model_stream_gets_the_sidecars_ttft_and_tokens(pipeline: Pipeline) -> None:
+    # A reasoning model with a tool call (reasoning first, n=2, tool-call arguments), cut every 64 bytes: the
+    # response must see the tokens at the times the sidecar's parser sees them, not only its content deltas.
+    chunks = chunk_at(OPENAI_CHAT, list(range(64, len(OPENAI_CHAT), 64)))
+    script = [(0.125 * (i + 1), chunk) for i, chunk in enumerate(chunks)]
+    parser = StreamParser("openai")
+    token_times = [t for t, chunk in script for event in parser.feed(chunk) for _ in range(event.tokens)]
+    assert len(token_times) == 6  # content deltas alone would be 4
+    end = script[-1][0] + 0.25
+    response = TokenStreamingResponse(
+        upstream(pipeline.clock, script, end), pipeline.metrics, attributes=MODEL, start=0.0
+    )
+    asyncio.run(serve(response))
+    m = pipeline.collect()
+    assert point(m, semconv.TIME_TO_FIRST_TOKEN).sum == token_times[0]
+    itl = point(m, semconv.INTER_TOKEN_LATENCY)
+    assert itl.count == 5 and itl.sum == token_times[-1] - token_times[0]
+    assert point(m, semconv.TOKEN_USAGE, **{semconv.GEN_AI_TOKEN_TYPE: "output"}).sum == 6  # the usage chunk's
+
+
+def test_a_last_event_without_its_blank_line_counts_when_the_body_ends(pipeline: Pipeline) -> None:
+    # As the sidecar counts it (its parser's close()): at the end of the body, the only time it is known complete.
+    script = [(0.25, event("a")), (0.5, event("b").removesuffix("\n"))]
+    response = TokenStreamingResponse(
+        upstream(pipeline.clock, script, 0.75), pipeline.metrics, attributes=MODEL, start=0.0
+    )
+    asyncio.run(serve(response))
+    itl = point(pipeline.collect(), semconv.INTER_TOKEN_LATENCY)
+    assert itl.count == 1 and itl.sum == 0.5
 
 
 def test_usage_event_wins_over_the_counted_tokens(pipeline: Pipeline) -> None:

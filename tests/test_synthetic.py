@@ -8,8 +8,10 @@ only: a server can be late on a loaded machine, but it must never be early.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -29,7 +31,10 @@ import pytest
 from tests.conftest import REPO
 from tests.subprocesses import read_line, stop
 from tokenlat import synthetic
+from tokenlat.parsers import StreamParser, decode_payload
+from tokenlat.sse import OpenAISSECounter
 from tokenlat.synthetic import (
+    TOOL_NAME,
     Distribution,
     RequestPlan,
     ServerStats,
@@ -37,6 +42,7 @@ from tokenlat.synthetic import (
     create_app,
     plan_request,
     serve,
+    token_text,
 )
 
 # Slack for comparing the client's clock readings with planned times: the loop clock's
@@ -49,6 +55,10 @@ FAST = SyntheticConfig(
     inter_token=Distribution.parse("uniform:0.002,0.006"),
     output_tokens=(4, 10),
 )
+
+# A reasoning model that ends with a tool call: about a quarter reasoning, then content, then 3 argument tokens.
+THINKING = dataclasses.replace(FAST, reasoning=0.25, tool_call_tokens=3)
+KIND_ORDER = ("reasoning", "content", "tool_call")
 
 T = TypeVar("T")
 
@@ -254,6 +264,49 @@ def test_max_tokens_caps_the_plan() -> None:
         plan_request(FAST, 0, 0)
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"reasoning": 1.5}, "invalid reasoning"),
+        ({"reasoning": -0.1}, "invalid reasoning"),
+        ({"reasoning": math.nan}, "invalid reasoning"),
+        ({"tool_call_tokens": -1}, "invalid tool_call_tokens"),
+    ],
+)
+def test_config_rejects_bad_token_kinds(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(FAST, **changes)
+
+
+def test_token_kinds_leave_the_timings_alone() -> None:
+    # The kinds are no draw of their own: the plans of a reasoning model and a plain one time every token alike,
+    # so verify's ground truth and its ramp hold whatever kinds the server streams.
+    for index in range(50):
+        plain, thinking = plan_request(FAST, index), plan_request(THINKING, index)
+        n = plain.output_tokens
+        assert (thinking.ttft, thinking.gaps, thinking.output_tokens) == (plain.ttft, plain.gaps, n)
+        assert thinking.reasoning_tokens == round(0.25 * n)
+        assert thinking.tool_call_tokens == min(3, n - thinking.reasoning_tokens)
+        assert thinking.finish_reason == "tool_calls"
+        kinds = [thinking.kind(position) for position in range(n)]
+        assert kinds == sorted(kinds, key=KIND_ORDER.index)  # reasoning first, the tool call last
+        assert kinds.count("reasoning") == thinking.reasoning_tokens
+        assert kinds.count("tool_call") == thinking.tool_call_tokens
+        assert plain.kind(0) == "content" and plain.finish_reason == "stop"
+        capped = plan_request(THINKING, index, n - 1) if n > 1 else thinking
+        assert [capped.kind(p) for p in range(capped.output_tokens)] == kinds[: capped.output_tokens]
+
+
+def test_a_cut_tool_call_keeps_the_tokens_before_the_cut() -> None:
+    full = plan_request(THINKING, 0)
+    n = full.output_tokens
+    assert full.tool_call_tokens == 3 and n > 4
+    assert plan_request(THINKING, 0, n - 1).tool_call_tokens == 2
+    assert plan_request(THINKING, 0, n - 3).tool_call_tokens == 0
+    capped = plan_request(THINKING, 0, 1)
+    assert (capped.reasoning_tokens, capped.tool_call_tokens, capped.finish_reason) == (1, 0, "length")
+
+
 # --------------------------------------------------------------------------- streaming server
 
 
@@ -294,6 +347,74 @@ def test_stream_follows_the_plan() -> None:
             assert arrival >= offset - SLACK_S
         assert arrivals[0] >= plan.ttft - SLACK_S
         assert got.events[-1].at - got.start >= plan.total_seconds
+
+    run(body)
+
+
+def _read_thinking_stream(chunks: list[dict[str, Any]]) -> tuple[list[str], list[str], str]:
+    """The kinds and texts of a reasoning + tool-call stream's tokens, read field by field, and its arguments."""
+    kinds: list[str] = []
+    texts: list[str] = []
+    arguments = ""
+    for chunk in chunks:
+        if not chunk["choices"] or not chunk["choices"][0]["delta"]:
+            continue
+        delta = dict(chunk["choices"][0]["delta"])
+        delta.pop("role", None)
+        ((field, value),) = delta.items()
+        if field == "tool_calls":
+            (call,) = value
+            if "id" in call:  # the call's header: no token
+                assert call == {
+                    "index": 0,
+                    "id": f"call_synthetic_{index_of(chunk)}",
+                    "type": "function",
+                    "function": {"name": TOOL_NAME, "arguments": ""},
+                }
+                continue
+            assert call["index"] == 0 and set(call) == {"index", "function"}
+            field, value = "tool_call", call["function"]["arguments"]
+            arguments += value
+        kinds.append({"reasoning_content": "reasoning"}.get(field, field))
+        texts.append(value)
+    return kinds, texts, arguments
+
+
+def test_stream_as_a_reasoning_model_with_a_tool_call() -> None:
+    async def body() -> None:
+        async with running(THINKING) as server, aiohttp.ClientSession() as session:
+            got = await stream_chat(session, server.url, chat_body(stream_options={"include_usage": True}))
+        plan = plan_request(THINKING, 0)
+        n = plan.output_tokens
+        chunks = got.chunks
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        kinds, texts, arguments = _read_thinking_stream(chunks)
+        assert kinds == [plan.kind(position) for position in range(n)]
+        assert {"reasoning", "content", "tool_call"} <= set(kinds)
+        spoken = [text for text, kind in zip(texts, kinds, strict=True) if kind != "tool_call"]
+        assert spoken == [token_text(p) for p in range(n) if plan.kind(p) != "tool_call"]
+        tool_positions = [p for p in range(n) if plan.kind(p) == "tool_call"]
+        assert json.loads(arguments) == {"query": "".join(token_text(p) for p in tool_positions)}
+        assert chunks[-2]["choices"] == [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]
+        usage = chunks[-1]["usage"]
+        assert usage["completion_tokens"] == n and usage["total_tokens"] == usage["prompt_tokens"] + n
+        assert usage["completion_tokens_details"] == {"reasoning_tokens": plan.reasoning_tokens}
+
+        # The sidecar's parser and the library's counter count every kind: as many tokens as the usage report.
+        body_bytes = b"".join(f"data: {event.data}\n\n".encode() for event in got.events)
+        parser = StreamParser("openai")
+        assert sum(event.tokens for event in parser.feed(body_bytes)) == n
+        assert OpenAISSECounter()(body_bytes) == (n, (usage["prompt_tokens"], n))
+
+        # Each token, whatever its kind, goes out at its planned time, never before.
+        arrivals = [
+            event.at - got.start
+            for event in got.events[:-1]
+            for _ in range(decode_payload("openai", event.json()).tokens)  # type: ignore[union-attr]
+        ]
+        assert len(arrivals) == n
+        for arrival, offset in zip(arrivals, plan.offsets, strict=True):
+            assert arrival >= offset - SLACK_S
 
     run(body)
 
@@ -350,6 +471,31 @@ def test_non_streaming_completion() -> None:
                     "completion_tokens": plan.output_tokens,
                     "total_tokens": 5 + plan.output_tokens,
                 }
+
+    run(body)
+
+
+def test_non_streaming_completion_of_a_reasoning_model() -> None:
+    async def body() -> None:
+        async with running(THINKING) as server, aiohttp.ClientSession() as session:
+            for index, max_tokens in enumerate([None, plan_request(THINKING, 1).output_tokens - 1]):
+                async with session.post(
+                    f"{server.url}/v1/chat/completions", json=chat_body(max_tokens=max_tokens)
+                ) as resp:
+                    reply = await resp.json()
+                plan = plan_request(THINKING, index, max_tokens)
+                texts = {kind: "".join(token_text(p) for p in range(plan.output_tokens) if plan.kind(p) == kind)
+                         for kind in KIND_ORDER}  # fmt: skip
+                (choice,) = reply["choices"]
+                message = choice["message"]
+                assert message["reasoning_content"] == texts["reasoning"]
+                assert message["content"] == (texts["content"] or None)
+                (call,) = message["tool_calls"]
+                assert call["function"]["name"] == TOOL_NAME
+                closing = '"}' if max_tokens is None else ""  # cut short, the arguments stay unfinished
+                assert call["function"]["arguments"] == '{"query": "' + texts["tool_call"] + closing
+                assert choice["finish_reason"] == ("length" if max_tokens else "tool_calls")
+                assert reply["usage"]["completion_tokens"] == plan.output_tokens
 
     run(body)
 
@@ -454,6 +600,7 @@ def cli(*args: str) -> list[str]:
 def test_cli_prints_listening_line_and_stops_on_sigterm() -> None:
     args = cli("--host", "127.0.0.1", "--port", "0", "--seed", "3", "--ttft", "fixed:0.001")
     args += ["--inter-token", "fixed:0.001", "--output-tokens", "2-3", "--model", "cli-model"]
+    args += ["--reasoning", "0.5", "--tool-call-tokens", "1"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = read_line(proc, timeout=20)
@@ -462,6 +609,14 @@ def test_cli_prints_listening_line_and_stops_on_sigterm() -> None:
         assert int(match.group(2)) > 0
         with urllib.request.urlopen(f"{match.group(1)}/v1/models", timeout=5) as resp:
             assert json.load(resp)["data"][0]["id"] == "cli-model"
+        request = urllib.request.Request(
+            f"{match.group(1)}/v1/chat/completions",
+            data=json.dumps(chat_body(stream=True)).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            streamed = resp.read().decode()
+        assert '"reasoning_content":"tok1 "' in streamed and f'"name":"{TOOL_NAME}"' in streamed
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         assert proc.stdout is not None and proc.stdout.read() == ""  # exactly one line
@@ -486,6 +641,9 @@ def test_cli_bad_ttft_exits_2_naming_the_option() -> None:
         (["--output-tokens", "a-b"], "--output-tokens", "not N or LO-HI"),
         (["--port", "70000"], "--port", "outside 0-65535"),
         (["--seed", "x"], "--seed", "invalid int value"),
+        (["--reasoning", "1.5"], "--reasoning", "not a share between 0 and 1"),
+        (["--reasoning", "lots"], "--reasoning", "not a number"),
+        (["--tool-call-tokens", "-1"], "--tool-call-tokens", "negative"),
     ],
 )
 def test_cli_bad_arguments_exit_2(

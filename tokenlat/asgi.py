@@ -20,15 +20,14 @@ unfinished, and closes the body then, so that the upstream (the engine's generat
 than whenever the garbage collector gets to it.
 
 Cost per chunk: a clock read, a dict update, and the token count. For ``text/event-stream`` the default count
-parses the OpenAI-style events in the chunk: a string split and one ``json.loads`` per event, a few microseconds
-for a typical chat.completion.chunk -- the same order as the ``json.dumps`` that made it. A server that knows its
-token counts can pass ``count_tokens`` (and ``usage_of``) and skip the parse. Other media types count 1 token
-per chunk by default.
+parses the OpenAI-style events in the chunk with the sidecar's parser (``tokenlat.sse.OpenAISSECounter``): a line
+split and one ``json.loads`` per event, a few microseconds for a typical chat.completion.chunk -- the same order
+as the ``json.dumps`` that made it. A server that knows its token counts can pass ``count_tokens`` (and
+``usage_of``) and skip the parse. Other media types count 1 token per chunk by default.
 """
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping
 
 from starlette.background import BackgroundTask
@@ -36,73 +35,14 @@ from starlette.responses import ContentStream, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from tokenlat.recorder import Attributes, Clock, RequestRecorder, TokenMetrics
-from tokenlat.sse import openai_chunk_tokens, parse_openai_event
+from tokenlat.sse import Content, Observation, OpenAISSECounter, openai_event_tokens
 from tokenlat.stream import Usage
 
+# OpenAISSECounter and openai_event_tokens live in tokenlat.sse (they need no Starlette) and are part of this
+# module's interface too, where services that stream with Starlette look for them.
 __all__ = ["SSE_MEDIA_TYPE", "OpenAISSECounter", "TokenStreamingResponse", "openai_event_tokens"]
 
 SSE_MEDIA_TYPE = "text/event-stream"
-Content = str | bytes | memoryview
-# What one chunk carries: (output tokens, usage or None).
-Observation = tuple[int, Usage | None]
-
-
-def openai_event_tokens(data: str) -> Observation:
-    """Tokens and usage of one SSE event's data. ``[DONE]``, non-JSON and malformed events carry neither."""
-    try:
-        event = parse_openai_event(data)  # None for [DONE]
-        tokens = openai_chunk_tokens(event)
-    except (ValueError, TypeError, AttributeError):
-        # Counting must never break the response it observes: a payload tokenlat does not understand counts 0.
-        return 0, None
-    return tokens, (_usage(event.get("usage")) if event else None)
-
-
-def _usage(usage: object) -> Usage | None:
-    """(prompt_tokens, completion_tokens) of an OpenAI usage object; None where there is none."""
-    if not isinstance(usage, dict):
-        return None  # absent, or null, as OpenAI sends on every chunk but the last with include_usage
-    prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
-    return None if prompt is None and completion is None else (prompt, completion)
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None  # True is no token count
-
-
-class OpenAISSECounter:
-    """Counts output tokens and finds the usage in an OpenAI-style SSE body, chunk by chunk.
-
-    ``counter(chunk)`` returns what the chunk's complete events carry: a chunk may hold several events, or end in
-    the middle of one (or of a UTF-8 sequence), so the counter keeps the unfinished rest: one instance per
-    response. An event counts when its terminating blank line arrives, which is when an SSE client dispatches it.
-    """
-
-    __slots__ = ("_data", "_decoder", "_pending")
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pending = ""
-        self._data: list[str] = []
-
-    def __call__(self, chunk: Content) -> Observation:
-        text = chunk if isinstance(chunk, str) else self._decoder.decode(chunk)
-        if "\n" not in text:  # no line ends here, so no event either
-            self._pending += text
-            return 0, None
-        *lines, self._pending = (self._pending + text).split("\n")
-        tokens, usage = 0, None
-        for raw in lines:
-            line = raw.removesuffix("\r")
-            if line:
-                if line.startswith("data:"):  # comments (": keep-alive"), event: and id: lines carry no tokens
-                    self._data.append(line[5:].removeprefix(" "))
-            elif self._data:  # a blank line ends the event
-                n, event_usage = openai_event_tokens("\n".join(self._data))
-                self._data.clear()
-                tokens += n
-                usage = event_usage or usage
-        return tokens, usage
 
 
 def _is_sse(media_type: str | None) -> bool:
@@ -118,15 +58,24 @@ def _observer(
     return observe
 
 
+def _record(recorder: RequestRecorder, observation: Observation) -> None:
+    tokens, usage = observation
+    recorder.tokens(tokens)
+    if usage is not None:
+        recorder.usage(input_tokens=usage[0], output_tokens=usage[1])
+
+
 async def _observed(
-    body: AsyncIterable[Content], recorder: RequestRecorder, observe: Callable[[Content], Observation]
+    body: AsyncIterable[Content],
+    recorder: RequestRecorder,
+    observe: Callable[[Content], Observation],
+    flush: Callable[[], Observation] | None = None,
 ) -> AsyncGenerator[Content, None]:
+    """``body``'s chunks, each observed as it is handed on; ``flush`` gives what the complete body leaves over
+    (an SSE event without its blank line), counted at the body's end as the sidecar counts it."""
     try:
         async for chunk in body:
-            tokens, usage = observe(chunk)
-            recorder.tokens(tokens)
-            if usage is not None:
-                recorder.usage(input_tokens=usage[0], output_tokens=usage[1])
+            _record(recorder, observe(chunk))
             yield chunk
     except BaseException as exc:
         recorder.finish(exc)  # CancelledError and GeneratorExit: "cancelled"; anything else: its class name
@@ -135,6 +84,8 @@ async def _observed(
             if aclose is not None:
                 await aclose()
         raise
+    if flush is not None:
+        _record(recorder, flush())
     recorder.finish()
 
 
@@ -144,8 +95,9 @@ class TokenStreamingResponse(StreamingResponse):
     ``content`` is a sync or async iterable of str/bytes chunks, as for ``StreamingResponse``. Token counting:
     ``count_tokens(chunk)`` and ``usage_of(chunk)`` (as in :func:`tokenlat.wrap_stream`); when neither is given, an
     SSE body (``media_type`` text/event-stream, the default) is counted as OpenAI chat.completion.chunk events
-    (:class:`OpenAISSECounter`: content tokens, and a usage event feeds ``recorder.usage``), any other body as 1
-    token per chunk. ``attributes``, ``user_id``, ``request_id``, ``input_tokens``, ``start`` and ``clock`` go to
+    (:class:`OpenAISSECounter`: the sidecar's counting, so content, reasoning, refusal and tool-call argument
+    deltas are tokens, and a usage event feeds ``recorder.usage``), any other body as 1 token per chunk.
+    ``attributes``, ``user_id``, ``request_id``, ``input_tokens``, ``start`` and ``clock`` go to
     :meth:`TokenMetrics.request`; ``recorder`` is the request's recorder, e.g. to report usage learnt elsewhere.
 
     A response that is created but never sent records nothing (and, with spans on, never ends its span).
@@ -174,12 +126,15 @@ class TokenStreamingResponse(StreamingResponse):
             attributes, user_id=user_id, request_id=request_id, input_tokens=input_tokens, start=start, clock=clock
         )
         super().__init__(content, status_code, headers, media_type, background)
+        flush: Callable[[], Observation] | None = None
         if count_tokens is None and usage_of is None and _is_sse(self.media_type):
-            observe: Callable[[Content], Observation] = OpenAISSECounter()
+            counter = OpenAISSECounter()
+            observe: Callable[[Content], Observation] = counter
+            flush = counter.close
         else:
             observe = _observer(count_tokens, usage_of)
         # StreamingResponse has already made a sync iterable async (iterated in a thread pool).
-        self._body = _observed(self.body_iterator, self.recorder, observe)
+        self._body = _observed(self.body_iterator, self.recorder, observe, flush)
         self.body_iterator = self._body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

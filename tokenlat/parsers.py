@@ -8,6 +8,10 @@
                 rec.usage(input_tokens=event.input_tokens, output_tokens=event.output_tokens)
     for event in parser.close(): ...           # a last event the server did not terminate
 
+``decode_payload(fmt, obj)`` gives the event of one payload already decoded from JSON. The library counts an
+OpenAI stream inside a service with these same rules (``tokenlat.sse``: ``OpenAISSECounter`` feeds a
+``StreamParser("openai")``), so that a stream gets the same tokens and TTFT measured inside and from outside.
+
 Counting rule, for every format: the server's usage report when present (``input_tokens``/``output_tokens``,
 authoritative, recorder.usage), otherwise one token per event that carries generated text (``tokens``). A
 server that packs several tokens into one event is counted once for it; its usage report corrects the total.
@@ -107,6 +111,10 @@ class ParserStats:
 
 class _Shape(Exception):
     """A payload that is JSON but not of the shape its format promises."""
+
+
+# What a decoder raises on a payload of an unexpected shape: the payload is malformed, the parser goes on.
+_DECODE_ERRORS = (_Shape, AttributeError, KeyError, TypeError, ValueError)
 
 
 Decoder = Callable[[dict[str, Any], bytes], StreamEvent | None]
@@ -287,7 +295,7 @@ class StreamParser:
                 )
             else:
                 event = self._decode(obj, name)
-        except (_Shape, AttributeError, KeyError, TypeError, ValueError):
+        except _DECODE_ERRORS:
             event = None
         if event is None:
             self.stats.malformed += 1
@@ -302,6 +310,26 @@ class StreamParser:
 def make_parser(fmt: str, *, max_line_bytes: int = 1 << 20) -> StreamParser:
     """A parser for one response in ``fmt`` (one of FORMATS); ValueError names the formats for any other."""
     return StreamParser(fmt, max_line_bytes=max_line_bytes)
+
+
+def decode_payload(fmt: str, payload: object) -> StreamEvent | None:
+    """The event a ``fmt`` parser makes of one payload already decoded from JSON (an SSE event's data, an NDJSON
+    line); None where the parser counts it as malformed. ValueError names the formats for an unknown ``fmt``.
+
+    For code that holds decoded payloads rather than the bytes (a client that parsed the events itself,
+    tokenlat.sse): it counts by the very rules the sidecar counts by, so that a stream measured inside a service
+    and the same stream measured from outside agree on tokens and on the first token's time. An SSE ``event:``
+    name is not part of a payload: an ``event: error`` is the framing's business (:class:`StreamParser`).
+    """
+    decode = _DECODERS.get(fmt)
+    if decode is None:
+        raise ValueError(f"unknown stream format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if not isinstance(payload, dict):
+        return None
+    try:
+        return decode(payload, b"")
+    except _DECODE_ERRORS:
+        return None
 
 
 # -- payload helpers -------------------------------------------------------------------------------------------

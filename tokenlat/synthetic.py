@@ -5,6 +5,12 @@ first token, gaps between tokens) and size are drawn from seeded distributions, 
 test can recompute exactly what the server *meant* to do (:func:`plan_request`) and
 compare it with what the measuring pipeline reported.
 
+It can stream as a reasoning model with tools does (``SyntheticConfig.reasoning`` and
+``tool_call_tokens``): the first tokens as ``delta.reasoning_content``, the last ones as
+the streamed arguments of a tool call. Every token, whatever its kind, carries the text
+:func:`token_text` of its position, goes out at its planned time, and counts in the usage
+report; so a measurement that misses a kind is caught against the plan.
+
 Run it standalone with ``python -m tokenlat.synthetic --port 0``; it prints one line
 ``tokenlat-synthetic listening on http://HOST:PORT`` once it accepts connections.
 """
@@ -33,6 +39,7 @@ from aiohttp.log import access_logger
 __all__ = [
     "DEFAULT_MODEL",
     "LISTENING_PREFIX",
+    "TOOL_NAME",
     "Distribution",
     "RequestPlan",
     "ServerStats",
@@ -49,6 +56,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "tokenlat-synthetic"
 #: Callers wait for a stdout line starting with this before talking to the server.
 LISTENING_PREFIX = "tokenlat-synthetic listening on "
+#: The function a tool-calling reply calls; its arguments are ``{"query": "<the tool-call tokens' text>"}``.
+TOOL_NAME = "lookup"
 
 # How long a stopping server lets in-flight streams finish before cancelling them.
 # Synthetic streams are cheap to abandon, and a SIGTERM should not hang for aiohttp's
@@ -170,11 +179,21 @@ class SyntheticConfig:
     #: Inclusive range of the drawn completion length.
     output_tokens: tuple[int, int] = (16, 48)
     model: str = DEFAULT_MODEL
+    #: Share of each completion's tokens (rounded) that go out first as ``delta.reasoning_content``, as a
+    #: reasoning model thinks before it answers.
+    reasoning: float = 0.0
+    #: Tokens at the end of each completion that go out as the arguments of one tool call, a chunk per token
+    #: (fewer when the completion is shorter); 0: no tool call.
+    tool_call_tokens: int = 0
 
     def __post_init__(self) -> None:
         lo, hi = self.output_tokens
         if not 1 <= lo <= hi:
             raise ValueError(f"invalid output_tokens {self.output_tokens!r}: need 1 <= LO <= HI")
+        if not 0.0 <= self.reasoning <= 1.0:  # also rejects NaN
+            raise ValueError(f"invalid reasoning {self.reasoning!r}: need a share between 0 and 1")
+        if self.tool_call_tokens < 0:
+            raise ValueError(f"invalid tool_call_tokens {self.tool_call_tokens!r}: need 0 or more")
 
 
 @dataclass(frozen=True)
@@ -185,8 +204,20 @@ class RequestPlan:
     #: Seconds between consecutive tokens; ``len(gaps) == output_tokens - 1``.
     gaps: tuple[float, ...]
     output_tokens: int
-    #: "length" when the request's max_tokens cut the drawn completion short.
+    #: "length" when the request's max_tokens cut the drawn completion short, "tool_calls" when it ends in one.
     finish_reason: str = "stop"
+    #: The first ``reasoning_tokens`` tokens are reasoning, the last ``tool_call_tokens`` a tool call's arguments,
+    #: the rest content.
+    reasoning_tokens: int = 0
+    tool_call_tokens: int = 0
+
+    def kind(self, position: int) -> str:
+        """What the token at 0-based ``position`` is: "reasoning", "content" or "tool_call"."""
+        if position < self.reasoning_tokens:
+            return "reasoning"
+        if position >= self.output_tokens - self.tool_call_tokens:
+            return "tool_call"
+        return "content"
 
     @property
     def offsets(self) -> list[float]:
@@ -207,6 +238,8 @@ def plan_request(config: SyntheticConfig, index: int, max_tokens: int | None = N
     Each request gets its own RNG seeded from (seed, index), so the N-th request has the
     same plan whatever the concurrency. The full drawn completion's timings are drawn
     before ``max_tokens`` is applied, so a capped plan is a prefix of the uncapped one.
+    The kinds of the tokens follow from the drawn length alone, with no draw of their
+    own: the timings are the same whether the server streams reasoning and tool calls or not.
     """
     if max_tokens is not None and max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -215,9 +248,15 @@ def plan_request(config: SyntheticConfig, index: int, max_tokens: int | None = N
     drawn = rng.randint(*config.output_tokens)
     ttft = config.ttft.sample(rng)
     gaps = [config.inter_token.sample(rng) for _ in range(drawn - 1)]
+    reasoning = round(config.reasoning * drawn)
+    tool_call = min(config.tool_call_tokens, drawn - reasoning)
     if max_tokens is not None and max_tokens < drawn:
-        return RequestPlan(ttft, tuple(gaps[: max_tokens - 1]), max_tokens, "length")
-    return RequestPlan(ttft, tuple(gaps), drawn, "stop")
+        # The prefix: reasoning as far as it goes, and only the part of the tool call before the cut.
+        kept_tool_call = max(0, tool_call - (drawn - max_tokens))
+        return RequestPlan(
+            ttft, tuple(gaps[: max_tokens - 1]), max_tokens, "length", min(reasoning, max_tokens), kept_tool_call
+        )
+    return RequestPlan(ttft, tuple(gaps), drawn, "tool_calls" if tool_call else "stop", reasoning, tool_call)
 
 
 def token_text(position: int) -> str:
@@ -338,11 +377,57 @@ class _Reply:
     def id(self) -> str:
         return f"chatcmpl-synthetic-{self.index}"
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
+        """Every generated token counts, reasoning and tool-call arguments too, as OpenAI's completion_tokens do."""
         prompt, completion = self.request.prompt_tokens, self.plan.output_tokens
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        if self.plan.reasoning_tokens:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.plan.reasoning_tokens}
+        return usage
 
-    def chunk(self, delta: dict[str, str], finish_reason: str | None) -> dict[str, Any]:
+    def tool_call(self, arguments: str) -> dict[str, Any]:
+        """The tool call (a streamed delta's header, or the whole call of a completion) with ``arguments``."""
+        return {
+            "index": 0,
+            "id": f"call_synthetic_{self.index}",
+            "type": "function",
+            "function": {"name": TOOL_NAME, "arguments": arguments},
+        }
+
+    def arguments(self, position: int) -> str:
+        """The part of the tool call's arguments the token at ``position`` carries: its text, after the opening of
+        the JSON object for the call's first token, before its end for the last token of a call that finished (cut
+        short by max_tokens, the arguments stay unfinished, as a real model's do)."""
+        plan = self.plan
+        text = token_text(position)
+        if position == plan.output_tokens - plan.tool_call_tokens:
+            text = _ARGUMENTS_OPEN + text
+        if position == plan.output_tokens - 1 and plan.finish_reason == "tool_calls":
+            text += _ARGUMENTS_CLOSE
+        return text
+
+    def deltas(self, position: int) -> list[dict[str, Any]]:
+        """The deltas sent at the planned time of the token at ``position``, one a chunk: the token's own, and
+        before the first token of a tool call the call's header (id and name, empty arguments: no token), as
+        OpenAI streams one."""
+        kind = self.plan.kind(position)
+        if kind == "reasoning":
+            deltas: list[dict[str, Any]] = [{"reasoning_content": token_text(position)}]
+        elif kind == "content":
+            deltas = [{"content": token_text(position)}]
+        else:
+            piece = {"tool_calls": [{"index": 0, "function": {"arguments": self.arguments(position)}}]}
+            first = position == self.plan.output_tokens - self.plan.tool_call_tokens
+            deltas = [{"tool_calls": [self.tool_call("")]}, piece] if first else [piece]
+        if position == 0:
+            deltas[0] = {"role": "assistant", **deltas[0]}
+        return deltas
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -365,21 +450,30 @@ class _Reply:
         }
 
     def completion(self) -> dict[str, Any]:
-        text = "".join(token_text(i) for i in range(self.plan.output_tokens))
+        plan = self.plan
+        texts: dict[str, list[str]] = {"reasoning": [], "content": [], "tool_call": []}
+        for position in range(plan.output_tokens):
+            kind = plan.kind(position)
+            texts[kind].append(self.arguments(position) if kind == "tool_call" else token_text(position))
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(texts["content"]) or None}
+        if texts["reasoning"]:
+            message["reasoning_content"] = "".join(texts["reasoning"])
+        if texts["tool_call"]:
+            call = self.tool_call("".join(texts["tool_call"]))
+            del call["index"]  # a streamed delta's field
+            message["tool_calls"] = [call]
         return {
             "id": self.id,
             "object": "chat.completion",
             "created": self.created,
             "model": self.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": self.plan.finish_reason,
-                }
-            ],
+            "choices": [{"index": 0, "message": message, "finish_reason": plan.finish_reason}],
             "usage": self.usage(),
         }
+
+
+_ARGUMENTS_OPEN = '{"query": "'
+_ARGUMENTS_CLOSE = '"}'
 
 
 def _sse(payload: dict[str, Any] | str) -> bytes:
@@ -401,14 +495,12 @@ def _event_stream() -> web.StreamResponse:
 
 
 async def _stream(request: web.Request, resp: web.StreamResponse, reply: _Reply, start: float) -> None:
-    """Send the plan as SSE, each token at ``start`` + its offset, each chunk written at once."""
+    """Send the plan as SSE, each token at ``start`` + its offset, whatever its kind, each chunk written at once."""
     await resp.prepare(request)
     for position, offset in enumerate(reply.plan.offsets):
         await _sleep_until(start + offset)
-        delta = {"content": token_text(position)}
-        if position == 0:
-            delta = {"role": "assistant", **delta}
-        await resp.write(_sse(reply.chunk(delta, None)))
+        for delta in reply.deltas(position):
+            await resp.write(_sse(reply.chunk(delta, None)))
     await resp.write(_sse(reply.chunk({}, reply.plan.finish_reason)))
     if reply.request.include_usage:
         await resp.write(_sse(reply.usage_chunk()))
@@ -561,6 +653,26 @@ def _output_tokens_arg(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _share_arg(text: str) -> float:
+    try:
+        share = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 and 1")
+    return share
+
+
+def _count_arg(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{count} is negative")
+    return count
+
+
 def _port_arg(text: str) -> int:
     try:
         port = int(text)
@@ -600,6 +712,20 @@ def _build_parser() -> argparse.ArgumentParser:
         help="completion length range, inclusive (default: {}-{})".format(*defaults.output_tokens),
     )
     parser.add_argument("--model", default=defaults.model, help="model name (default: %(default)s)")
+    parser.add_argument(
+        "--reasoning",
+        type=_share_arg,
+        default=defaults.reasoning,
+        metavar="SHARE",
+        help="share of each completion's tokens streamed first as delta.reasoning_content (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tool-call-tokens",
+        type=_count_arg,
+        default=defaults.tool_call_tokens,
+        metavar="N",
+        help="end each completion with a tool call whose arguments stream as its last N tokens (default: %(default)s)",
+    )
     parser.add_argument("--access-log", action="store_true", help="log every request to stderr")
     return parser
 
@@ -633,6 +759,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         inter_token=args.inter_token,
         output_tokens=args.output_tokens,
         model=args.model,
+        reasoning=args.reasoning,
+        tool_call_tokens=args.tool_call_tokens,
     )
     try:
         asyncio.run(_run(config, args.host, args.port, args.access_log))

@@ -3,27 +3,48 @@
 Every request is measured twice: by the tokenlat wrapper (what goes to the Collector) and by this driver's own
 clock readings (the ground truth verify compares Prometheus with). The model server's seeded timings make the
 load repeatable; what the client observed is the truth.
+
+The model server streams as a reasoning model with tools does (:data:`SYNTHETIC_SERVER_ARGS`), so the load holds
+every kind of token the library counts. The two measurements count apart: the library with its own counting
+(tokenlat.sse, the sidecar's parser), the truth by reading back the synthetic server's token texts
+(:func:`synthetic_tokens`), checked against the server's usage report. A counting rule the library gets wrong
+(a kind of delta it misses) therefore shows as a difference verify reports, instead of being agreed on by both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from tokenlat.sse import iter_sse_data, openai_chunk_tokens, parse_openai_event
+from tokenlat.sse import DONE, iter_sse_data, openai_event_tokens
 from tokenlat.stream import RequestTiming, TokenMetrics, wrap_async_stream
+from tokenlat.synthetic import token_text
+
+if TYPE_CHECKING:
+    from tokenlat_cli.verify.checks import Recorded
 
 Progress = Callable[[int, int], None]
 # The headers tokenlat sidecar reads them from by default.
 USER_ID_HEADER = "x-user-id"
 REQUEST_ID_HEADER = "x-request-id"
+#: ``python -m tokenlat.synthetic`` flags that make verify's model server a reasoning model that ends each answer
+#: with a tool call: about a quarter of the tokens are reasoning, the last 4 tool-call arguments, the rest content.
+SYNTHETIC_SERVER_ARGS = ("--reasoning=0.25", "--tool-call-tokens=4")
+
+# token_text(position) is "tok<position + 1> ": every token the synthetic server generates carries its text, in
+# whichever field it goes out (content, reasoning_content, a tool call's arguments), and nothing else it sends
+# looks like one.
+_PREFIX, _, _SUFFIX = token_text(0).partition("1")
+_TOKEN_TEXT = re.compile(rf"\b{re.escape(_PREFIX)}(\d+){re.escape(_SUFFIX)}")
 
 
 @dataclass
@@ -36,6 +57,8 @@ class LoadResult:
     gaps: list[float] = field(default_factory=list)
     #: The trace ids of the requests' spans, when the library measured with spans on (their exemplars' targets).
     trace_ids: set[str] = field(default_factory=set)
+    #: What the library recorded and sent, per histogram, when it measured in this process (checks.Recorded).
+    recorded: dict[str, Recorded] = field(default_factory=dict)
 
     @property
     def output_tokens(self) -> int:
@@ -51,14 +74,26 @@ def _prompt(rng: random.Random) -> tuple[str, int]:
     return " ".join(f"w{i}" for i in range(words)), words
 
 
-async def _events(response: aiohttp.ClientResponse, usage: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+def synthetic_tokens(data: str) -> list[int]:
+    """The 1-based positions of the tokens one SSE event of the synthetic server carries, read from their texts.
+
+    The truth's count: it knows nothing of which fields count as tokens, which is what the measurement has to get
+    right, and the positions show a token lost, repeated or out of order.
+    """
+    return [int(number) for number in _TOKEN_TEXT.findall(data)]
+
+
+def _measured_tokens(data: str) -> int:
+    """The library's count of one event's tokens: what a service's TokenStreamingResponse counts."""
+    return openai_event_tokens(data)[0]
+
+
+async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The data of the response's SSE events, up to [DONE]."""
     async for data in iter_sse_data(response.content.iter_any()):
-        event = parse_openai_event(data)
-        if event is None:
+        if data == DONE:
             return
-        if event.get("usage"):
-            usage.update(event["usage"])
-        yield event
+        yield data
 
 
 def identities(index: int) -> tuple[str, str]:
@@ -95,18 +130,23 @@ async def _one_request(
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")
         usage: dict[str, Any] = {}
-        stream = _events(response, usage)
+        stream = _events(response)
         if metrics is not None:  # None: something outside this process measures (the sidecar)
             stream = wrap_async_stream(
-                stream, metrics, attributes=attributes, input_tokens=words, count_tokens=openai_chunk_tokens,
+                stream, metrics, attributes=attributes, input_tokens=words, count_tokens=_measured_tokens,
                 start=truth.start, user_id=user_id, request_id=request_id,
             )  # fmt: skip
         last: float | None = None
-        async for event in stream:
-            tokens = openai_chunk_tokens(event)
-            if not tokens:
+        async for data in stream:
+            now = time.perf_counter()  # first: the event's arrival, as near the library's reading as can be
+            positions = synthetic_tokens(data)
+            if not positions:  # finish, tool-call header or usage: the usage report is the cross-check
+                usage = json.loads(data).get("usage") or usage
                 continue
-            now = time.perf_counter()
+            first = truth.output_tokens + 1
+            if positions != list(range(first, first + len(positions))):
+                raise RuntimeError(f"tokens {positions} where token {first} was next")
+            tokens = len(positions)
             if last is None:
                 truth.first_token = now
             else:

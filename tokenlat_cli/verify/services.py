@@ -10,6 +10,7 @@ from pathlib import Path
 from tokenlat.synthetic import LISTENING_PREFIX
 from tokenlat_cli.collector import find_collector
 from tokenlat_cli.commands.sidecar import LISTENING_PREFIX as SIDECAR_LISTENING_PREFIX
+from tokenlat_cli.verify.load import SYNTHETIC_SERVER_ARGS
 from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, free_port, http_ok
 
 START_TIMEOUT = 60.0
@@ -75,8 +76,15 @@ def _start_listening(
 
 
 def start_synthetic(group: ProcessGroup, workdir: Path, args: list[str]) -> ListeningService:
-    """The synthetic model server in its own process, so that its timers do not share the load's event loop."""
-    argv = [sys.executable, "-m", "tokenlat.synthetic", "--host", "127.0.0.1", "--port", "0", *args]
+    """The synthetic model server in its own process, so that its timers do not share the load's event loop.
+
+    It streams as the load expects (``SYNTHETIC_SERVER_ARGS``: reasoning, then content, then a tool call), so that
+    verify covers every kind of token; ``args`` come after, and win.
+    """
+    argv = [
+        sys.executable, "-m", "tokenlat.synthetic", "--host", "127.0.0.1", "--port", "0",
+        *SYNTHETIC_SERVER_ARGS, *args,
+    ]  # fmt: skip
     return _start_listening(group, "synthetic model server", argv, workdir / "synthetic.log", LISTENING_PREFIX)
 
 

@@ -1,0 +1,95 @@
+"""verify's load against an in-process synthetic server streaming as a reasoning model with a tool call.
+
+The load's truth is read from the server's token texts, apart from the library's counting: so the two agree when
+the library counts every kind of token, and a library that misses one differs from the truth (which verify
+reports) instead of agreeing with a truth counted by the same function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.otel_helpers import MODEL, Pipeline, point
+from tokenlat import parsers, semconv, synthetic
+from tokenlat.synthetic import Distribution, SyntheticConfig, plan_request
+from tokenlat_cli.verify import services
+from tokenlat_cli.verify.load import SYNTHETIC_SERVER_ARGS, LoadResult, run_load, synthetic_tokens
+
+TOTAL = 12
+# The shape verify gives its model server (SYNTHETIC_SERVER_ARGS), with millisecond timings.
+_SHAPE = synthetic._build_parser().parse_args(list(SYNTHETIC_SERVER_ARGS))
+CONFIG = SyntheticConfig(
+    seed=3,
+    ttft=Distribution.parse("uniform:0.005,0.01"),
+    inter_token=Distribution.parse("uniform:0.001,0.003"),
+    output_tokens=(8, 16),
+    reasoning=_SHAPE.reasoning,
+    tool_call_tokens=_SHAPE.tool_call_tokens,
+)
+PLANNED = sum(plan_request(CONFIG, index).output_tokens for index in range(TOTAL))
+OUTPUT = {semconv.GEN_AI_TOKEN_TYPE: "output"}
+
+
+def test_verify_streams_reasoning_and_a_tool_call() -> None:
+    assert CONFIG.reasoning > 0 and CONFIG.tool_call_tokens > 0
+    plan = plan_request(CONFIG, 0)
+    assert {plan.kind(position) for position in range(plan.output_tokens)} == {"reasoning", "content", "tool_call"}
+
+
+def test_verify_starts_its_model_server_with_that_shape(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    started: list[list[str]] = []
+    monkeypatch.setattr(services, "_start_listening", lambda group, name, argv, *rest, **kw: started.append(argv))
+    services.start_synthetic(None, tmp_path, ["--seed=5"])  # type: ignore[arg-type]
+    (argv,) = started
+    assert argv[argv.index("--seed=5") - len(SYNTHETIC_SERVER_ARGS) :] == [*SYNTHETIC_SERVER_ARGS, "--seed=5"]
+
+
+def _load(pipeline: Pipeline) -> LoadResult:
+    pipeline.metrics.clock = time.perf_counter  # the load starts each request's clock with perf_counter
+
+    async def body() -> LoadResult:
+        runner, port = await synthetic.serve(CONFIG)
+        try:
+            return await run_load(f"http://127.0.0.1:{port}", TOTAL, 4, pipeline.metrics, MODEL, "m", seed=3)
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(body())
+
+
+def test_truth_and_library_count_every_kind_of_token(pipeline: Pipeline) -> None:
+    result = _load(pipeline)
+    assert not result.failures
+    assert result.output_tokens == PLANNED  # the truth, checked against the usage report by the load itself
+    m = pipeline.collect()
+    assert point(m, semconv.TOKEN_USAGE, **OUTPUT).sum == PLANNED
+    assert point(m, semconv.INTER_TOKEN_LATENCY).count == len(result.gaps) == PLANNED - TOTAL
+    assert point(m, semconv.TIME_TO_FIRST_TOKEN).count == TOTAL
+
+
+def test_a_library_that_misses_reasoning_differs_from_the_truth(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The counting issue 9 found in the in-process path: only some delta fields count.
+    monkeypatch.setattr(parsers, "_OPENAI_DELTA_TEXT", ("content",))
+    result = _load(pipeline)
+    assert not result.failures and result.output_tokens == PLANNED  # the truth does not lean on the library
+    m = pipeline.collect()
+    assert point(m, semconv.TOKEN_USAGE, **OUTPUT).sum < PLANNED
+    true_ttft = sum(truth.first_token - truth.start for truth in result.truths)  # type: ignore[operator]
+    assert point(m, semconv.TIME_TO_FIRST_TOKEN).sum > true_ttft  # the first (reasoning) tokens were missed
+
+
+def test_the_truth_reads_token_texts_from_any_field() -> None:
+    chunk = '{"id":"chatcmpl-synthetic-3","model":"tokenlat-synthetic","choices":[{"index":0,"delta":{%s}}]}'
+    assert synthetic_tokens(chunk % '"reasoning_content":"tok12 "') == [12]
+    assert synthetic_tokens(chunk % '"role":"assistant","content":"tok1 "') == [1]
+    arguments = '"tool_calls":[{"index":0,"function":{"arguments":"{\\"query\\": \\"tok7 "}}]'
+    assert synthetic_tokens(chunk % arguments) == [7]
+    header = '"tool_calls":[{"index":0,"id":"call_synthetic_3","type":"function","function":{"name":"lookup"}}]'
+    assert synthetic_tokens(chunk % header) == []
+    assert synthetic_tokens('{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":16}}') == []
