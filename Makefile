@@ -9,7 +9,7 @@ THANOS_VERSION := $(shell sed -n 's/^THANOS_VERSION = "\(.*\)"$$/\1/p' tokenlat_
 # The same for Prometheus 3 (a module version: v0.316.0 is Prometheus 3.16.0), pinned in tokenlat_cli/verify/prometheus.py.
 PROMETHEUS3_VERSION := $(shell sed -n 's/^PROMETHEUS3_VERSION = "\(.*\)"$$/\1/p' tokenlat_cli/verify/prometheus.py)
 
-.PHONY: demo test lint collector prometheus prometheus3 victoria-metrics thanos venv configs clean help bench
+.PHONY: demo test lint collector prometheus prometheus3 victoria-metrics chromium thanos venv configs clean help bench
 
 help:
 	@echo "make demo        build everything and run 'tokenlat verify --profile local'"
@@ -46,6 +46,10 @@ prometheus:
 victoria-metrics:
 	@scripts/ensure-package.sh victoria-metrics victoria-metrics VICTORIA_METRICS_BIN
 
+# Headless Chromium renders verify's HTML report in its test.
+chromium:
+	@scripts/ensure-package.sh chromium chromium TOKENLAT_CHROMIUM_BIN
+
 demo: venv collector prometheus
 	$(BIN)/tokenlat verify --profile local --json verify-report.json
 
@@ -56,7 +60,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: venv collector prometheus prometheus3 victoria-metrics thanos lint
+test: venv collector prometheus prometheus3 victoria-metrics chromium thanos lint
 	$(BIN)/python -m pytest -v
 
 # CPU per streamed token: naive OTel vs prometheus_client vs tokenlat in one run (well under a minute on 2 cores);
