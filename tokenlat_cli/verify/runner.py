@@ -20,7 +20,6 @@ import requests
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from tokenlat import semconv
-from tokenlat.buckets import BucketLayout
 from tokenlat.configure import Telemetry, TLSFiles, configure
 from tokenlat.recorder import TokenMetrics
 from tokenlat.synthetic import DEFAULT_MODEL, Distribution, SyntheticConfig, parse_token_range, plan_request
@@ -154,6 +153,13 @@ def histogram_kind(profile: Profile, settings: VerifySettings) -> str:
     return settings.histogram or ("exponential" if profile.native else "explicit")
 
 
+def queries_for(profile: Profile, histogram: str) -> checks.Queries:
+    """PromQL for what the backend stores: one series per histogram for native histograms, and for classic ones
+    sent as native histograms with custom buckets (NHCB); _bucket/_sum/_count series otherwise."""
+    nhcb = histogram == "explicit" and profile.data["metrics"]["native_custom_buckets"]
+    return checks.Queries(native=histogram == "exponential" or nhcb)
+
+
 def _telemetry(
     deployment: LocalDeployment, interval: float, histogram: str, spans: SpanExporter | None = None
 ) -> Telemetry:
@@ -245,7 +251,7 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
         load = _run_traffic(group, workdir, server.url, deployment, settings, stages, echo)
 
         started = stages.begin(f"waiting for the data in {backend.description} (up to {settings.deadline:.0f}s)")
-        _compare(report, load, settings, backend.query, profile.layout)
+        _compare(report, load, settings, backend.query, profile)
         _exemplars(report, profile, load, settings, backend.query, run_started)
         report.checks.append(
             checks.count_check("Collector exporter send failures", 0, _exporter_failures(collector.telemetry_url))
@@ -258,8 +264,7 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
                 _wrong_credential_check(group, workdir, profile, *wrong, certs, load, settings.histogram)
             )
         if backend.tenant is not None:
-            queries = checks.Queries(native=settings.histogram == "exponential")
-            report.checks.append(_tenant_check(backend, len(load.truths), queries))
+            report.checks.append(_tenant_check(backend, len(load.truths), queries_for(profile, settings.histogram)))
         if sink is not None:
             report.checks.extend(
                 trace_checks(sink, deployment.otlp_endpoint, deployment.client_tls, deployment.profile.data, salt,
@@ -304,7 +309,7 @@ def _wrong_credential_check(
     finally:
         telemetry.shutdown()
     failed = checks.poll(lambda: _exporter_failures(collector.telemetry_url), lambda value: value > 0, 45.0)
-    count = backend.query.scalar(checks.Queries(native=histogram == "exponential").count(semconv.DURATION_SPEC)) or 0
+    count = backend.query.scalar(queries_for(profile, histogram).count(semconv.DURATION_SPEC)) or 0
     collector.process.stop()
     arrived = count - len(load.truths)
     what = ", ".join(env) if env is backend.wrong_env else "no client certificate"
@@ -456,7 +461,7 @@ def _exemplars(
     if profile.data["backend"]["kind"] not in PROMETHEUS_KINDS:
         report.notes.append(f"exemplars not checked: verify's {profile.data['backend']['kind']} keeps none")
         return
-    queries = checks.Queries(native=settings.histogram == "exponential")
+    queries = queries_for(profile, settings.histogram)
     for spec in EXEMPLAR_METRICS:
         report.checks.append(exemplar_check(client, queries, spec, load.trace_ids, since, time.time()))
 
@@ -466,9 +471,11 @@ def _compare(
     load: LoadResult,
     settings: VerifySettings,
     client: checks.PrometheusClient,
-    layout: BucketLayout,
+    profile: Profile,
 ) -> None:
-    queries = checks.Queries(native=settings.histogram == "exponential")
+    queries = queries_for(profile, settings.histogram)
+    # The histograms' own promise: native (exponential) ones, or the classic layout's, whatever the queries.
+    layout = None if settings.histogram == "exponential" else profile.layout
     sent = len(load.truths)
     report.checks.append(checks.count_check("requests that succeeded", settings.requests, sent))
     for failure in load.failures[:5]:
@@ -496,16 +503,15 @@ def _compare(
         report.distributions.append(
             LatencyDistribution(
                 semconv.prometheus_name(spec),
-                "native" if queries.native else "classic",
+                "native" if layout is None else "classic",
                 sorted(truths[spec.name]),
                 answered,
             )
         )
         for q in checks.QUANTILES:
             observed_q = answered[q] = client.scalar(queries.quantile(spec, q))
-            classic = None if queries.native else layout
             recorded = load.recorded.get(spec.name)  # none when the sidecar measured
-            report.checks.extend(checks.quantile_checks(spec, q, truths[spec.name], observed_q, classic, recorded))
+            report.checks.extend(checks.quantile_checks(spec, q, truths[spec.name], observed_q, layout, recorded))
     report.checks.append(checks.id_label_check(client.label_names()))
     sent_ids = {i for index in range(settings.requests) for i in identities(index)}
     report.checks.append(checks.id_value_check(client.label_values(), sent_ids))
