@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator, Iterable
 import pytest
 
 from tests.streams import CASES, Case, chunk_at, tricky_cuts
-from tokenlat.parsers import StreamEvent, StreamParser
+from tokenlat.parsers import StreamParser
 from tokenlat.sse import (
-    Observation,
     OpenAISSECounter,
     iter_sse_data,
+    observe_events,
     openai_chunk_tokens,
     openai_event_tokens,
     parse_openai_event,
@@ -90,16 +90,6 @@ def test_reasoning_refusal_and_tool_call_arguments_are_tokens() -> None:
 OPENAI_CASES = [case for case in CASES if case.fmt == "openai"]
 
 
-def _as_observed(events: Iterable[StreamEvent]) -> Observation:
-    """What the sidecar records from a chunk's events (tokenlat.sidecar._observe): the tokens, the last usage."""
-    tokens, usage = 0, None
-    for event in events:
-        tokens += event.tokens
-        if event.input_tokens is not None or event.output_tokens is not None:
-            usage = (event.input_tokens, event.output_tokens)
-    return tokens, usage
-
-
 def _chunkings(stream: bytes) -> Iterable[list[bytes]]:
     yield [stream]
     yield [stream[i : i + 1] for i in range(len(stream))]
@@ -118,7 +108,7 @@ def test_in_process_counts_what_the_sidecar_counts(case: Case) -> None:
     for chunks in _chunkings(case.stream):
         counter, parser = OpenAISSECounter(), StreamParser("openai")
         in_process = [counter(chunk) for chunk in chunks] + [counter.close()]
-        sidecar = [_as_observed(parser.feed(chunk)) for chunk in chunks] + [_as_observed(parser.close())]
+        sidecar = [observe_events(parser.feed(chunk)) for chunk in chunks] + [observe_events(parser.close())]
         assert in_process == sidecar
         assert sum(tokens for tokens, _ in in_process) == total
 
@@ -129,7 +119,7 @@ def test_str_chunks_count_as_their_bytes(case: Case) -> None:
     text = case.stream.decode()
     counter, parser = OpenAISSECounter(), StreamParser("openai")
     pieces = [text[i : i + 5] for i in range(0, len(text), 5)]
-    assert [counter(piece) for piece in pieces] == [_as_observed(parser.feed(piece.encode())) for piece in pieces]
+    assert [counter(piece) for piece in pieces] == [observe_events(parser.feed(piece.encode())) for piece in pieces]
 
 
 def test_a_last_event_without_its_blank_line_counts_at_close() -> None:

@@ -643,7 +643,7 @@ def test_cli_bad_ttft_exits_2_naming_the_option() -> None:
         (["--seed", "x"], "--seed", "invalid int value"),
         (["--reasoning", "1.5"], "--reasoning", "not a share between 0 and 1"),
         (["--reasoning", "lots"], "--reasoning", "not a number"),
-        (["--tool-call-tokens", "-1"], "--tool-call-tokens", "negative"),
+        (["--tool-call-tokens", "-1"], "--tool-call-tokens", "-1 is outside 0-"),
     ],
 )
 def test_cli_bad_arguments_exit_2(

@@ -82,7 +82,7 @@ def openai_chunk_tokens(event: dict[str, Any] | None) -> int:
     return 0 if decoded is None else decoded.tokens
 
 
-def _observation(events: Iterable[StreamEvent]) -> Observation:
+def observe_events(events: Iterable[StreamEvent]) -> Observation:
     """The tokens of ``events`` added up, and the last usage report among them."""
     tokens, usage = 0, None
     for event in events:
@@ -100,7 +100,7 @@ def openai_event_tokens(data: str) -> Observation:
         # Counting must never break the response it observes: a payload tokenlat does not understand counts 0.
         return _NOTHING
     event = decode_payload("openai", payload)
-    return _NOTHING if event is None else _observation((event,))
+    return _NOTHING if event is None else observe_events((event,))
 
 
 class OpenAISSECounter:
@@ -125,8 +125,8 @@ class OpenAISSECounter:
         if isinstance(chunk, str):  # as Starlette sends it; "replace": a lone surrogate must not break counting
             chunk = chunk.encode("utf-8", "replace")
         events = self._parser.feed(chunk)
-        return _observation(events) if events else _NOTHING
+        return observe_events(events) if events else _NOTHING
 
     def close(self) -> Observation:
         """What a last event the body did not terminate with a blank line carries; call once, when it ends."""
-        return _observation(self._parser.close())
+        return observe_events(self._parser.close())

@@ -663,24 +663,19 @@ def _share_arg(text: str) -> float:
     return share
 
 
-def _count_arg(text: str) -> int:
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if count < 0:
-        raise argparse.ArgumentTypeError(f"{count} is negative")
-    return count
+def _int_arg(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high`` (no upper bound when None)."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}-{'' if high is None else high}")
+        return value
 
-def _port_arg(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is outside 0-65535")
-    return port
+    return parse
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -690,7 +685,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Synthetic OpenAI-compatible streaming server with seeded, reproducible timings.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    parser.add_argument("--port", type=_port_arg, default=0, help="port; 0 picks a free one (default: 0)")
+    parser.add_argument("--port", type=_int_arg(0, 65535), default=0, help="port; 0 picks a free one (default: 0)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="RNG seed (default: %(default)s)")
     parser.add_argument(
         "--ttft",
@@ -721,7 +716,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tool-call-tokens",
-        type=_count_arg,
+        type=_int_arg(0),
         default=defaults.tool_call_tokens,
         metavar="N",
         help="end each completion with a tool call whose arguments stream as its last N tokens (default: %(default)s)",
