@@ -46,8 +46,8 @@ from bench.hot_path import (
 from tokenlat import semconv
 from tokenlat.buckets import DEFAULT_TARGET, LATENCY_METRICS, BucketLayout
 from tokenlat.histograms import EXPONENTIAL_SCALE, ZERO, exponential_index
-from tokenlat.synthetic import Distribution, SyntheticConfig, plan_request
 from tokenlat_cli.verify.checks import bucket_of, exponential_bucket_of, histogram_quantile, true_quantile
+from tokenlat_cli.verify.synthetic import Distribution, SyntheticConfig, plan_request
 
 BEGIN = "<!-- accuracy:begin -->"
 END = "<!-- accuracy:end -->"

@@ -5,9 +5,9 @@
 
 Three processes, so that nothing shares an event loop:
 
-  synthetic server  ``tokenlat.synthetic.serve`` in a spawned child, fixed seed: request index i gets the same plan
-                    (TTFT, gaps, length) from every fresh server; the child notes when it started each response and
-                    wrote each chunk
+  synthetic server  ``tokenlat_cli.verify.synthetic.serve`` in a spawned child, fixed seed: request index i gets the
+                    same plan (TTFT, gaps, length) from every fresh server; the child notes when it started each
+                    response and wrote each chunk
   sidecar           ``create_sidecar_app`` in a spawned child (exponential histograms, scale 8, exported into
                     memory): it reports its CPU time, what it relayed and what it measured
   client            this process: aiohttp, ``--concurrency`` streams at a time, timing the arrival of every SSE event
@@ -66,12 +66,13 @@ from bench.hot_path import (
     verdict_lines,
     write_markdown,
 )
-from tokenlat import semconv, synthetic
+from tokenlat import semconv
 from tokenlat.configure import Telemetry, configure
 from tokenlat.sidecar import create_sidecar_app, serve_sidecar, sidecar_stats
 from tokenlat.sse import iter_sse_data, openai_chunk_tokens, parse_openai_event
-from tokenlat.synthetic import Distribution, SyntheticConfig
 from tokenlat.testing import CapturingExporter
+from tokenlat_cli.verify import synthetic
+from tokenlat_cli.verify.synthetic import Distribution, SyntheticConfig
 
 BEGIN = "<!-- sidecar:begin -->"
 END = "<!-- sidecar:end -->"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import select
 import subprocess
+import sys
+
+TOKENLAT = [sys.executable, "-m", "tokenlat_cli"]
 
 
 def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
@@ -22,3 +26,17 @@ def stop(proc: subprocess.Popen[str]) -> None:
     for stream in (proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
+
+
+def verify_subprocess(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`tokenlat verify ARGS` run to its end as a child process, with ``env`` over this environment."""
+    return subprocess.run(
+        [*TOKENLAT, "verify", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )

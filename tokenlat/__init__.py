@@ -9,8 +9,9 @@ Three lines in a service:
 
 from tokenlat.configure import ConfigurationError, Telemetry, TLSFiles, configure
 from tokenlat.histograms import TokenlatMetricExporter
-from tokenlat.recorder import RequestRecorder, RequestTiming, TokenMetrics
+from tokenlat.recorder import RequestRecorder, TokenMetrics
 from tokenlat.stream import instrument, instrument_stream, wrap_async_stream, wrap_stream
+from tokenlat.timing import RequestTiming
 
 __all__ = [
     "ConfigurationError",

@@ -20,9 +20,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from opentelemetry.sdk.metrics._internal.exemplar import Exemplar
+from opentelemetry.sdk.metrics import Exemplar
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     Buckets,
@@ -42,9 +41,7 @@ from opentelemetry.util.types import AttributeValue
 
 from tokenlat import semconv
 from tokenlat.buckets import BucketLayout
-
-if TYPE_CHECKING:
-    from tokenlat.recorder import RequestTiming
+from tokenlat.timing import RequestTiming
 
 SCOPE_NAME = "tokenlat"
 # Base-2 exponential buckets at scale 6: 64 buckets per doubling, each 1.09% wide, so a quantile Prometheus

@@ -19,7 +19,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from types import TracebackType
 
 from opentelemetry import trace
@@ -30,8 +29,10 @@ from opentelemetry.util.types import AttributeValue
 from tokenlat import semconv
 from tokenlat.attributes import AttributePolicy
 from tokenlat.buckets import BucketLayout
-from tokenlat.histograms import EXPONENTIAL_SCALE, MetricStore, RequestGaps, TokenlatMetricExporter
+from tokenlat.histograms import EXPONENTIAL_SCALE, MetricStore, RequestGaps
+from tokenlat.otel_sdk import attach_to_exporters
 from tokenlat.privacy import UserIdHasher
+from tokenlat.timing import RequestTiming
 
 Clock = Callable[[], float]
 Attributes = Mapping[str, AttributeValue]
@@ -40,34 +41,6 @@ logger = logging.getLogger("tokenlat")
 DROPPED_ATTRIBUTES = "tokenlat.attributes.dropped"
 # error.type for a request the consumer abandoned (client disconnect, close(), aclose(), task cancellation).
 CANCELLED = "cancelled"
-
-
-@dataclass
-class RequestTiming:
-    """Clock readings and token counts of one request; derived values are None where undefined."""
-
-    start: float
-    first_token: float | None = None
-    end: float | None = None
-    output_tokens: int = 0
-    input_tokens: int | None = None
-    error_type: str | None = None
-
-    @property
-    def ttft(self) -> float | None:
-        return None if self.first_token is None else self.first_token - self.start
-
-    @property
-    def duration(self) -> float | None:
-        return None if self.end is None else self.end - self.start
-
-    @property
-    def time_per_output_token(self) -> float | None:
-        # The conventions' server definition: the time after the first token spread over the tokens after it.
-        ttft, duration = self.ttft, self.duration
-        if ttft is None or duration is None or self.output_tokens < 2:
-            return None
-        return (duration - ttft) / (self.output_tokens - 1)
 
 
 def error_type_of(error: BaseException | str) -> str:
@@ -124,7 +97,7 @@ class TokenMetrics:
         )  # fmt: skip
         self._counters: dict[str, Count] = {}
         self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("tokenlat") if spans else None
-        if not _attach_to_exporters(provider, self.store):
+        if not attach_to_exporters(provider, self.store):
             logger.warning(
                 "tokenlat: no TokenlatMetricExporter behind this MeterProvider's readers, so tokenlat's histograms "
                 "are not exported; use tokenlat.configure(), or wrap your exporter in tokenlat.TokenlatMetricExporter"
@@ -164,21 +137,6 @@ class TokenMetrics:
         """
         merged = {**self.attributes, **self.policy.filter(attributes)} if attributes else self.attributes
         return RequestRecorder(self, merged, user_id, request_id, input_tokens, start, clock or self.clock)
-
-
-def _attach_to_exporters(provider: MeterProvider, store: MetricStore) -> bool:
-    """Find TokenlatMetricExporters behind the provider's readers.
-
-    The SDK keeps readers and exporters private, so this is best effort (tests pin that it works with the SDK
-    in use); where it finds none, call ``exporter.attach(metrics.store)`` yourself.
-    """
-    found = False
-    for reader in getattr(provider, "_metric_readers", ()):
-        exporter = getattr(reader, "_exporter", None)
-        if isinstance(exporter, TokenlatMetricExporter):
-            exporter.attach(store)
-            found = True
-    return found
 
 
 class RequestRecorder:

@@ -14,7 +14,8 @@ import inspect
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, TypeVar, overload
 
-from tokenlat.recorder import CANCELLED, Attributes, Clock, RequestRecorder, RequestTiming, TokenMetrics
+from tokenlat.recorder import CANCELLED, Attributes, Clock, RequestRecorder, TokenMetrics
+from tokenlat.timing import RequestTiming
 
 T = TypeVar("T")
 # (input_tokens, output_tokens) reported by an item, e.g. an OpenAI usage chunk; None for most items.

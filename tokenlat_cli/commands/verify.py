@@ -11,13 +11,13 @@ from types import FrameType
 
 import click
 
-from tokenlat.synthetic import Distribution, parse_token_range
 from tokenlat_cli.collector import CollectorError, find_collector
 from tokenlat_cli.files import write_atomically
 from tokenlat_cli.options import load_profile_or_exit, profile_option
 from tokenlat_cli.verify.html_report import render_html
 from tokenlat_cli.verify.processes import ServiceError
 from tokenlat_cli.verify.runner import UnsupportedProfile, VerifySettings, check_supported, run_verify
+from tokenlat_cli.verify.synthetic import Distribution, parse_token_range
 
 DEFAULTS = VerifySettings()
 # gRPC's C core prints TLS handshake failures to stderr itself; verify provokes some on purpose (the mutual-TLS

@@ -27,7 +27,7 @@ import aiohttp
 
 from tokenlat.sse import DONE, iter_sse_data, openai_event_tokens
 from tokenlat.stream import RequestTiming, TokenMetrics, wrap_async_stream
-from tokenlat.synthetic import token_text
+from tokenlat_cli.verify.synthetic import token_text
 
 if TYPE_CHECKING:
     from tokenlat_cli.verify.checks import Recorded
@@ -36,8 +36,9 @@ Progress = Callable[[int, int], None]
 # The headers tokenlat sidecar reads them from by default.
 USER_ID_HEADER = "x-user-id"
 REQUEST_ID_HEADER = "x-request-id"
-#: ``python -m tokenlat.synthetic`` flags that make verify's model server a reasoning model that ends each answer
-#: with a tool call: about a quarter of the tokens are reasoning, the last 4 tool-call arguments, the rest content.
+#: ``python -m tokenlat_cli.verify.synthetic`` flags that make verify's model server a reasoning model that ends each
+#: answer with a tool call: about a quarter of the tokens are reasoning, the last 4 tool-call arguments, the rest
+#: content.
 SYNTHETIC_SERVER_ARGS = ("--reasoning=0.25", "--tool-call-tokens=4")
 
 # token_text(position) is "tok<position + 1> ": every token the synthetic server generates carries its text, in

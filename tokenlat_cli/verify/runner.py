@@ -22,7 +22,6 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from tokenlat import semconv
 from tokenlat.configure import Telemetry, TLSFiles, configure
 from tokenlat.recorder import TokenMetrics
-from tokenlat.synthetic import DEFAULT_MODEL, Distribution, SyntheticConfig, parse_token_range, plan_request
 from tokenlat_cli.collector import validate_config
 from tokenlat_cli.profiles import Profile
 from tokenlat_cli.render import render_collector_config
@@ -46,6 +45,7 @@ from tokenlat_cli.verify.services import (
     start_sidecar,
     start_synthetic,
 )
+from tokenlat_cli.verify.synthetic import DEFAULT_MODEL, Distribution, SyntheticConfig, parse_token_range, plan_request
 from tokenlat_cli.verify.traces import start_trace_sink, trace_checks
 
 Echo = Callable[[str], None]

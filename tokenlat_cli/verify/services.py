@@ -7,11 +7,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenlat.synthetic import LISTENING_PREFIX
 from tokenlat_cli.collector import find_collector
 from tokenlat_cli.commands.sidecar import LISTENING_PREFIX as SIDECAR_LISTENING_PREFIX
 from tokenlat_cli.verify.load import SYNTHETIC_SERVER_ARGS
 from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, free_port, http_ok
+from tokenlat_cli.verify.synthetic import LISTENING_PREFIX
 
 START_TIMEOUT = 60.0
 
@@ -82,7 +82,7 @@ def start_synthetic(group: ProcessGroup, workdir: Path, args: list[str]) -> List
     verify covers every kind of token; ``args`` come after, and win.
     """
     argv = [
-        sys.executable, "-m", "tokenlat.synthetic", "--host", "127.0.0.1", "--port", "0",
+        sys.executable, "-m", "tokenlat_cli.verify.synthetic", "--host", "127.0.0.1", "--port", "0",
         *SYNTHETIC_SERVER_ARGS, *args,
     ]  # fmt: skip
     return _start_listening(group, "synthetic model server", argv, workdir / "synthetic.log", LISTENING_PREFIX)

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import weakref
 from pathlib import Path
@@ -16,28 +15,13 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import DATA
+from tests.subprocesses import TOKENLAT, verify_subprocess
 from tokenlat import semconv
 from tokenlat_cli import collector
 from tokenlat_cli.collector import CollectorError, find_collector
 from tokenlat_cli.commands import verify as verify_command
 from tokenlat_cli.main import cli
 from tokenlat_cli.verify.prometheus import Prometheus
-
-pytestmark = pytest.mark.e2e
-TOKENLAT = [sys.executable, "-m", "tokenlat_cli"]
-
-
-def _verify(
-    args: list[str], env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*TOKENLAT, "verify", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
 
 
 def _checks(path: Path) -> dict[str, dict[str, object]]:
@@ -46,7 +30,7 @@ def _checks(path: Path) -> dict[str, dict[str, object]]:
 
 def test_verify_local_profile_passes(collector_binary: Path, prometheus_binary: Path, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
-    result = _verify(
+    result = verify_subprocess(
         ["--profile", "local", "--requests", "200", "--concurrency", "50", "--json", str(report)],
         env={"TMPDIR": str(tmp_path)},
     )
@@ -89,7 +73,7 @@ def test_verify_classic_histograms_within_the_layouts_target(
     collector_binary: Path, prometheus_binary: Path, tmp_path: Path
 ) -> None:
     report = tmp_path / "report.json"
-    result = _verify(
+    result = verify_subprocess(
         ["--profile", "local", "--histogram", "explicit", "--requests", "150", "--concurrency", "50",
          "--json", str(report)]
     )  # fmt: skip
@@ -107,7 +91,9 @@ def test_verify_tells_coarse_buckets_from_a_broken_pipeline(
     profile = tmp_path / "semconv.yaml"
     profile.write_text("extends: local\nmetrics:\n  histograms: classic\n  buckets: semconv\n", encoding="utf-8")
     report = tmp_path / "report.json"
-    result = _verify(["--profile", str(profile), "--requests", "100", "--concurrency", "50", "--json", str(report)])
+    result = verify_subprocess(
+        ["--profile", str(profile), "--requests", "100", "--concurrency", "50", "--json", str(report)]
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     checks = _checks(report)
     truth_rows = [c for name, c in checks.items() if name.endswith(" vs the truth")]
@@ -122,13 +108,12 @@ def test_verify_tells_coarse_buckets_from_a_broken_pipeline(
 
 # The tests above run against the Prometheus verify starts by default (the pinned Prometheus 3); these run the same
 # proof, classic and native histograms, against Debian's 2.42, whose flags differ (native histograms are a feature).
-@pytest.mark.e2e
 @pytest.mark.parametrize("histogram", ["explicit", "exponential"])
 def test_verify_local_profile_against_debian_prometheus_2(
     collector_binary: Path, debian_prometheus_binary: Path, tmp_path: Path, histogram: str
 ) -> None:
     report = tmp_path / "report.json"
-    result = _verify(
+    result = verify_subprocess(
         ["--profile", "local", "--histogram", histogram, "--requests", "150", "--concurrency", "50",
          "--json", str(report)],
         env={"PROMETHEUS_BIN": str(debian_prometheus_binary), "TMPDIR": str(tmp_path)},
@@ -148,7 +133,7 @@ def test_verify_mutual_tls_refuses_a_client_without_a_certificate(
     collector_binary: Path, prometheus_binary: Path, tmp_path: Path
 ) -> None:
     report = tmp_path / "report.json"
-    result = _verify(
+    result = verify_subprocess(
         ["--profile", str(DATA / "mtls.yaml"), "--requests", "60", "--concurrency", "30", "--json", str(report)],
         env={"TMPDIR": str(tmp_path)},
     )
@@ -168,8 +153,21 @@ def test_verify_via_sidecar_measures_from_outside(
     collector_binary: Path, prometheus_binary: Path, tmp_path: Path, histogram: str, concurrency: str
 ) -> None:
     report = tmp_path / "report.json"
-    result = _verify(["--profile", "local", "--via-sidecar", "--requests", "120", "--concurrency", concurrency,
-                      "--histogram", histogram, "--json", str(report)])  # fmt: skip
+    result = verify_subprocess(
+        [
+            "--profile",
+            "local",
+            "--via-sidecar",
+            "--requests",
+            "120",
+            "--concurrency",
+            concurrency,
+            "--histogram",
+            histogram,
+            "--json",
+            str(report),
+        ]
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "through the tokenlat sidecar" in result.stderr
     checks = _checks(report)
@@ -185,7 +183,7 @@ def test_verify_fails_when_the_pipeline_loses_information(
     collector_binary: Path, prometheus_binary: Path, tmp_path: Path
 ) -> None:
     report = tmp_path / "report.json"
-    result = _verify(
+    result = verify_subprocess(
         [
             "--profile",
             str(DATA / "drops-token-type.yaml"),
@@ -215,7 +213,7 @@ def test_a_service_that_dies_on_start_shows_its_log(collector_binary: Path, tmp_
         encoding="utf-8",
     )
     fake.chmod(0o755)
-    result = _verify(["--profile", "local"], env={"PROMETHEUS_BIN": str(fake), "TMPDIR": str(tmp_path)})
+    result = verify_subprocess(["--profile", "local"], env={"PROMETHEUS_BIN": str(fake), "TMPDIR": str(tmp_path)})
     assert result.returncode == 1
     assert "prometheus exited with code 3 before it was ready" in result.stderr
     assert "err: listen tcp: address already in use" in result.stderr
@@ -330,7 +328,7 @@ def test_verify_each_builtin_profile_against_its_real_receiver(
     collector_binary: Path, prometheus_binary: Path, profile: str, tmp_path: Path
 ) -> None:
     report = tmp_path / "report.json"
-    result = _verify(["--profile", profile, "--requests", "60", "--concurrency", "30", "--json", str(report)],
+    result = verify_subprocess(["--profile", profile, "--requests", "60", "--concurrency", "30", "--json", str(report)],
                      env={"TMPDIR": str(tmp_path)})  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     checks = _checks(report)

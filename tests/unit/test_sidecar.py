@@ -43,7 +43,7 @@ from tests.conftest import REPO
 from tests.otel_helpers import CapturingExporter
 from tests.streams import CASES, Case, completing_bytes
 from tests.subprocesses import read_line, stop
-from tokenlat import http1, semconv, synthetic
+from tokenlat import http1, semconv
 from tokenlat import sidecar as sidecar_module
 from tokenlat.configure import Telemetry, configure
 from tokenlat.sidecar import (
@@ -60,8 +60,9 @@ from tokenlat.sidecar import (
     sidecar_stats,
     validate_upstream,
 )
-from tokenlat.synthetic import Distribution, ServerStats, SyntheticConfig, token_text
 from tokenlat_cli.main import cli
+from tokenlat_cli.verify import synthetic
+from tokenlat_cli.verify.synthetic import Distribution, ServerStats, SyntheticConfig, token_text
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -1073,7 +1074,7 @@ def test_cli_proxies_and_flushes_telemetry_on_sigterm() -> None:
         "OTEL_METRIC_EXPORT_INTERVAL": "3600000",  # only the flush at shutdown exports
     }
     upstream = subprocess.Popen(
-        [sys.executable, "-m", "tokenlat.synthetic", "--port", "0", "--ttft", "fixed:0.001", "--inter-token",
+        [sys.executable, "-m", "tokenlat_cli.verify.synthetic", "--port", "0", "--ttft", "fixed:0.001", "--inter-token",
          "fixed:0.001", "--output-tokens", "3"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from tests.otel_helpers import MODEL, Pipeline, point
-from tokenlat import parsers, semconv, synthetic
-from tokenlat.synthetic import Distribution, SyntheticConfig, plan_request
-from tokenlat_cli.verify import services
+from tokenlat import parsers, semconv
+from tokenlat_cli.verify import services, synthetic
 from tokenlat_cli.verify.load import SYNTHETIC_SERVER_ARGS, LoadResult, run_load, synthetic_tokens
+from tokenlat_cli.verify.synthetic import Distribution, SyntheticConfig, plan_request
 
 TOTAL = 12
 # The shape verify gives its model server (SYNTHETIC_SERVER_ARGS), with millisecond timings.

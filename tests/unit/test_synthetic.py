@@ -30,10 +30,10 @@ import pytest
 
 from tests.conftest import REPO
 from tests.subprocesses import read_line, stop
-from tokenlat import synthetic
 from tokenlat.parsers import StreamParser, decode_payload
 from tokenlat.sse import OpenAISSECounter
-from tokenlat.synthetic import (
+from tokenlat_cli.verify import synthetic
+from tokenlat_cli.verify.synthetic import (
     TOOL_NAME,
     Distribution,
     RequestPlan,
@@ -230,7 +230,7 @@ def test_plan_is_deterministic_per_seed_and_index() -> None:
     assert plan != plan_request(SyntheticConfig(seed=8, ttft=FAST.ttft, inter_token=FAST.inter_token), 3)
     # Stable across processes too (a str seed is hashed with SHA-512, not hash()).
     code = (
-        "from tokenlat.synthetic import Distribution as D, SyntheticConfig, plan_request\n"
+        "from tokenlat_cli.verify.synthetic import Distribution as D, SyntheticConfig, plan_request\n"
         f"config = SyntheticConfig(7, D.parse('{FAST.ttft}'), D.parse('{FAST.inter_token}'), (4, 10))\n"
         "print(repr(plan_request(config, 3, None)))"
     )
@@ -593,7 +593,7 @@ def test_client_disconnect_leaves_server_healthy(caplog: pytest.LogCaptureFixtur
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tokenlat.synthetic", *args]
+    return [sys.executable, "-m", "tokenlat_cli.verify.synthetic", *args]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM handling is POSIX-only")

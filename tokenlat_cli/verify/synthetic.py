@@ -11,7 +11,7 @@ the streamed arguments of a tool call. Every token, whatever its kind, carries t
 :func:`token_text` of its position, goes out at its planned time, and counts in the usage
 report; so a measurement that misses a kind is caught against the plan.
 
-Run it standalone with ``python -m tokenlat.synthetic --port 0``; it prints one line
+Run it standalone with ``python -m tokenlat_cli.verify.synthetic --port 0``; it prints one line
 ``tokenlat-synthetic listening on http://HOST:PORT`` once it accepts connections.
 """
 
@@ -681,7 +681,7 @@ def _int_arg(low: int, high: int | None = None) -> Callable[[str], int]:
 def _build_parser() -> argparse.ArgumentParser:
     defaults = SyntheticConfig()
     parser = argparse.ArgumentParser(
-        prog="python -m tokenlat.synthetic",
+        prog="python -m tokenlat_cli.verify.synthetic",
         description="Synthetic OpenAI-compatible streaming server with seeded, reproducible timings.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")

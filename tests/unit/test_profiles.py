@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.conftest import REPO
 from tokenlat_cli.main import cli
 from tokenlat_cli.profiles import PROFILE_SCHEMA, builtin_names, load_profile
 
@@ -162,7 +163,7 @@ def test_profiles_command_lists_builtins(runner: CliRunner) -> None:
 
 
 def test_schema_reference_documents_every_field() -> None:
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "profiles.md").read_text(encoding="utf-8")
+    doc = (REPO / "docs" / "profiles.md").read_text(encoding="utf-8")
     missing = [path for path, _ in PROFILE_SCHEMA.walk() if f"`{path}`" not in doc]
     assert not missing, f"docs/profiles.md does not document: {missing}"
 

@@ -1,4 +1,4 @@
-"""verify's exemplar check on hand-made answers of /api/v1/query_exemplars (the real ones: tests/test_e2e_verify.py)."""
+"""verify's exemplar check on hand-made answers of /api/v1/query_exemplars (the real ones: tests/e2e/test_verify.py)."""
 
 from __future__ import annotations
 

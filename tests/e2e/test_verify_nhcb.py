@@ -6,12 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-from tests.test_e2e_verify import _verify
+from tests.subprocesses import verify_subprocess
 from tokenlat import semconv
-
-pytestmark = pytest.mark.e2e
 
 
 def test_verify_classic_buckets_sent_as_native_histograms_with_custom_buckets(
@@ -22,7 +18,7 @@ def test_verify_classic_buckets_sent_as_native_histograms_with_custom_buckets(
         "extends: local\nmetrics:\n  histograms: classic\n  native_custom_buckets: true\n", encoding="utf-8"
     )
     report = tmp_path / "report.json"
-    result = _verify(
+    result = verify_subprocess(
         ["--profile", str(profile), "--requests", "100", "--concurrency", "50", "--json", str(report)],
         env={"PROMETHEUS_BIN": str(prometheus3_binary)},
     )
