@@ -1,5 +1,7 @@
 # tokenlat: `make demo` runs the end-to-end verify on the local profile; `make test` runs every test.
-OCB_VERSION := v0.161.0
+# The Collector release (and so the ocb version) is pinned once, in collector/VERSION; collector/build.sh reads it
+# and checks collector/builder-config.yaml against it.
+OCB_VERSION := $(shell cat collector/VERSION)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,7 +16,7 @@ PROMETHEUS3_VERSION := $(shell sed -n 's/^PROMETHEUS3_VERSION = "\(.*\)"$$/\1/p'
 help:
 	@echo "make demo        build everything and run 'tokenlat verify --profile local'"
 	@echo "make test        lint, config drift check, unit and end-to-end tests (what CI runs)"
-	@echo "make collector   build the ocb distribution into $(COLLECTOR)"
+	@echo "make collector   build the ocb distribution (Collector $(OCB_VERSION)) into $(COLLECTOR)"
 	@echo "make thanos      build Thanos $(THANOS_VERSION) (Receive + Query for the thanos profile) into ~/.cache/tokenlat"
 	@echo "make prometheus3 build Prometheus 3 (module $(PROMETHEUS3_VERSION)), verify's default receiver, into ~/.cache/tokenlat"
 	@echo "make configs     re-render collector/configs/ from the built-in profiles"
@@ -24,11 +26,12 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[all,test]'
 	touch $@
 
-collector:
-	collector/build.sh $(OCB_VERSION)
+# The venv's Python checks the manifest against collector/VERSION (PyYAML) before the build.
+collector: venv
+	PYTHON=$(BIN)/python collector/build.sh
 
 # Builds the pinned Thanos from its module source (go install refuses it: replace directives); skips when built.
 thanos:

@@ -1,4 +1,4 @@
-"""Setup in one call: MeterProvider (and TracerProvider) with the right views, OTLP exporters and temporality.
+"""Setup in one call: MeterProvider (and TracerProvider), OTLP exporters, cumulative temporality.
 
     telemetry = tokenlat.configure(attributes={"tokenlat.gpu.type": "H100"})
     metrics = telemetry.metrics   # a TokenMetrics; use it for every request
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
-from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics import Counter, MeterProvider, ObservableCounter
 from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExporter, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -147,8 +147,10 @@ class TLSFiles:
 
 
 def _metric_exporter(protocol: str, endpoint: str | None, tls: TLSFiles) -> MetricExporter:
-    # Cumulative temporality: Prometheus remote write drops delta histograms.
-    temporality = {Histogram: AggregationTemporality.CUMULATIVE}
+    # The SDK's own instruments here are counters (TokenMetrics.count); tokenlat's histograms are cumulative by
+    # construction (histograms.MetricStore). Counters stay cumulative too, whatever
+    # OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE says: Prometheus remote write drops delta sums.
+    temporality = {kind: AggregationTemporality.CUMULATIVE for kind in (Counter, ObservableCounter)}
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
 

@@ -26,10 +26,12 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives import hmac as crypto_hmac
+from tokenlat.extras import require
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives import hmac as crypto_hmac
 
 KEY_ENV = "TOKENLAT_USER_ID_KEY"
 ALGORITHM_ENV = "TOKENLAT_USER_ID_HASH"
@@ -46,6 +48,12 @@ def _check_algorithm(algorithm: str) -> str:
 
 
 def _sm3_hmac(key: bytes) -> crypto_hmac.HMAC:
+    # hashlib has no SM3 (OpenSSL's is not exposed); cryptography's is, so it is needed only when SM3 is chosen.
+    require("sm3", "HMAC-SM3 user-id hashing")
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import hmac as crypto_hmac
+
     try:
         return crypto_hmac.HMAC(key, hashes.SM3())
     except UnsupportedAlgorithm as exc:

@@ -1,5 +1,5 @@
 """`python -m tokenlat_cli` is the `tokenlat` command."""
 
-from tokenlat_cli.main import cli
+from tokenlat_cli.entry import main
 
-cli()
+main()

@@ -1,22 +1,60 @@
-"""The `tokenlat` command: one module per subcommand under tokenlat_cli.commands."""
+"""The `tokenlat` command: one module per subcommand under tokenlat_cli.commands, imported only when it runs.
+
+Importing a command only when it is invoked keeps each one to its own extra (``tokenlat sidecar`` needs
+``tokenlat[sidecar]``, the others ``tokenlat[cli]``), and keeps one command's process settings out of another's
+(verify quiets gRPC's C core; the sidecar must not inherit that).
+"""
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
+
 import click
 
-from tokenlat_cli.commands.profiles import profiles
-from tokenlat_cli.commands.render import render
-from tokenlat_cli.commands.sidecar import sidecar
-from tokenlat_cli.commands.verify import verify
+from tokenlat.extras import MissingExtra, require
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@dataclass(frozen=True)
+class Command:
+    extra: str
+    summary: str  # the listing's line, so `tokenlat --help` works without any command's extra (a test keeps it true)
+
+    def module(self, name: str) -> str:
+        return f"tokenlat_cli.commands.{name}"
+
+
+COMMANDS: dict[str, Command] = {
+    "render": Command("cli", "Render the Collector configuration of a profile."),
+    "verify": Command("cli", "Prove the path end to end: known token timings through the real Collector and backend."),
+    "profiles": Command("cli", "List the built-in profiles with their descriptions."),
+    "sidecar": Command(
+        "sidecar", "Proxy a model server and record the token latency of its streams, without touching the server."
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = COMMANDS.get(cmd_name)
+        if command is None:
+            return None
+        try:
+            require(command.extra, f"tokenlat {cmd_name}")
+        except MissingExtra as exc:
+            raise click.ClickException(str(exc)) from None
+        found: click.Command = getattr(importlib.import_module(command.module(cmd_name)), cmd_name)
+        return found
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, command.summary) for name, command in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tokenlat")
 def cli() -> None:
     """Token-level latency of LLM inference: render Collector configs, verify the path end to end."""
-
-
-cli.add_command(render)
-cli.add_command(verify)
-cli.add_command(profiles)
-cli.add_command(sidecar)

@@ -6,7 +6,8 @@ import pytest
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
-from opentelemetry.sdk.metrics.export import ExponentialHistogramDataPoint, HistogramDataPoint
+from opentelemetry.sdk.metrics import Counter, Histogram, ObservableCounter
+from opentelemetry.sdk.metrics.export import AggregationTemporality, ExponentialHistogramDataPoint, HistogramDataPoint
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.otel_helpers import MODEL, CapturingExporter
@@ -128,3 +129,19 @@ def test_explicit_histograms_by_default() -> None:
 def test_exponential_histograms_for_native_prometheus_histograms() -> None:
     points = _export("exponential")
     assert all(isinstance(p, ExponentialHistogramDataPoint) for p in points.values())
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_counters_stay_cumulative_when_the_environment_prefers_delta(
+    protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The OTLP exporters read this from os.environ themselves; remote write would drop delta sums.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta")
+    telemetry = configure(environ={"OTEL_EXPORTER_OTLP_PROTOCOL": protocol})
+    try:
+        chosen = _inner_exporter(telemetry)
+        preferred = chosen._preferred_temporality  # type: ignore[attr-defined]
+        assert preferred[ObservableCounter] == preferred[Counter] == AggregationTemporality.CUMULATIVE
+        assert preferred[Histogram] == AggregationTemporality.DELTA  # the environment did apply elsewhere
+    finally:
+        telemetry.shutdown()

@@ -20,9 +20,6 @@ from tokenlat_cli.verify.runner import UnsupportedProfile, VerifySettings, check
 from tokenlat_cli.verify.synthetic import Distribution, parse_token_range
 
 DEFAULTS = VerifySettings()
-# gRPC's C core prints TLS handshake failures to stderr itself; verify provokes some on purpose (the mutual-TLS
-# probe) and reports every outcome in its table, so keep the core quiet unless the caller asked otherwise.
-os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 
 def _distribution(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -67,7 +64,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # Ctrl-C is ignored or left to the OS here: SIGTERM still stops the run
 
 
-@click.command()
+@click.command(short_help="Prove the path end to end: known token timings through the real Collector and backend.")
 @profile_option
 @click.option(
     "--requests",
@@ -164,6 +161,10 @@ def verify(
 
     Exit status: 0 when every check passes, 1 when one fails or a service cannot start, 2 on bad usage.
     """
+    # gRPC's C core prints TLS handshake failures to stderr itself; verify provokes some on purpose (the mutual-TLS
+    # probe) and reports every outcome in its table, so keep the core quiet unless the caller asked otherwise. Set
+    # here, not at import: gRPC is imported later, by the run, and other commands keep gRPC's defaults.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     profile = load_profile_or_exit(profile_name)
     try:
         check_supported(profile)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 
-from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     Metric,
@@ -40,6 +39,9 @@ def _probe_data() -> MetricsData:
 def otlp_export_accepted(endpoint: str, tls: TLSFiles, timeout: float = 5.0) -> bool:
     """Whether one OTLP/gRPC export with these TLS files succeeds (a refused handshake fails it, after retries
     within ``timeout``)."""
+    # Imported here: gRPC's C core reads GRPC_VERBOSITY when it loads, after the verify command has set it.
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
     exporter = OTLPMetricExporter(endpoint=endpoint, timeout=timeout, **tls.grpc_options())  # type: ignore[arg-type]
     # A refusal is the expected outcome of some probes: the exporter's own error log would only alarm.
     exporter_logger = logging.getLogger(OTLPMetricExporter.__module__.rsplit(".", 1)[0])
