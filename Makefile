@@ -11,7 +11,7 @@ THANOS_VERSION := $(shell sed -n 's/^THANOS_VERSION = "\(.*\)"$$/\1/p' tokenlat_
 # The same for Prometheus 3 (a module version: v0.316.0 is Prometheus 3.16.0), pinned in tokenlat_cli/verify/prometheus.py.
 PROMETHEUS3_VERSION := $(shell sed -n 's/^PROMETHEUS3_VERSION = "\(.*\)"$$/\1/p' tokenlat_cli/verify/prometheus.py)
 
-.PHONY: demo test lint collector prometheus prometheus3 victoria-metrics chromium thanos venv configs clean help bench
+.PHONY: demo test lint collector prometheus prometheus3 victoria-metrics chromium nginx thanos venv configs clean help bench
 
 help:
 	@echo "make demo        build everything and run 'tokenlat verify --profile local'"
@@ -53,6 +53,10 @@ victoria-metrics:
 chromium:
 	@scripts/ensure-package.sh chromium chromium TOKENLAT_CHROMIUM_BIN
 
+# nginx, the reference proxy the sidecar bench compares the sidecar with (CPU per chunk, added latency).
+nginx:
+	@scripts/ensure-package.sh nginx nginx NGINX_BIN
+
 demo: venv collector prometheus
 	$(BIN)/tokenlat verify --profile local --json verify-report.json
 
@@ -63,12 +67,12 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: venv collector prometheus prometheus3 victoria-metrics chromium thanos lint
+test: venv collector prometheus prometheus3 victoria-metrics chromium nginx thanos lint
 	$(BIN)/python -m pytest -v
 
 # CPU per streamed token: naive OTel vs prometheus_client vs tokenlat in one run (well under a minute on 2 cores);
 # then the sidecar: latency and CPU it adds per chunk at 100 concurrent streams, and its accuracy (about 20 s).
-bench: venv
+bench: venv nginx
 	$(BIN)/python -m bench.hot_path --markdown docs/benchmarks.md
 	$(BIN)/python -m bench.sidecar --markdown docs/benchmarks.md
 	$(BIN)/python -m bench.accuracy --markdown docs/accuracy.md
