@@ -5,16 +5,17 @@
 
 Every workload's values are counted into every layout's buckets (explicit boundaries as tokenlat records them, or
 OTLP base-2 exponential buckets at a scale), and the quantile is computed from those counts the way Prometheus
-computes it:
+computes it. The emulations are verify's own (tokenlat_cli.verify.statistics), so that the bench and verify cannot
+disagree about what Prometheus does:
 
-  classic (explicit buckets)  promql BucketQuantile: linear inside the bucket, 0 as the first bucket's start, the
-                              last finite boundary for +Inf. The emulation is verify's own
-                              (tokenlat_cli.verify.checks.histogram_quantile); Prometheus 2.x and 3.x agree.
-  native (exponential)        promql HistogramQuantile of Prometheus 3.16 (module v0.316.0, promql/quantile.go) for
-                              standard schemas: exponential interpolation inside the bucket, quantiles >= 0.5
-                              counted from the top. Prometheus 2.42's linear interpolation is computed alongside.
+  classic (explicit buckets)  histogram_quantile: promql BucketQuantile, linear inside the bucket, 0 as the first
+                              bucket's start, the last finite boundary for +Inf; Prometheus 2.x and 3.x agree.
+  native (exponential)        native_quantile: promql HistogramQuantile of Prometheus 3.16 (module v0.316.0,
+                              promql/quantile.go) for standard schemas: exponential interpolation inside the bucket,
+                              quantiles >= 0.5 counted from the top. Prometheus 2.42's linear interpolation
+                              (native_quantile_linear) is computed alongside: the two versions genuinely differ.
 
-The truth is the nearest rank of the exact values (verify's true_quantile). Nothing runs but arithmetic on counts:
+The truth is the nearest rank of the exact values (true_quantile). Nothing runs but arithmetic on counts:
 the figures are the same on every machine for a seed. The run also checks the emulations against Prometheus' own
 test expectations and that every answer lies where the algorithm must put it, and exits 1 if not.
 """
@@ -45,8 +46,16 @@ from bench.hot_path import (
 )
 from tokenlat import semconv
 from tokenlat.buckets import DEFAULT_TARGET, LATENCY_METRICS, BucketLayout
-from tokenlat.histograms import EXPONENTIAL_SCALE, ZERO, exponential_index
-from tokenlat_cli.verify.checks import bucket_of, exponential_bucket_of, histogram_quantile, true_quantile
+from tokenlat.histograms import EXPONENTIAL_SCALE, ZERO
+from tokenlat_cli.verify.statistics import (
+    bucket_of,
+    exponential_bucket_of,
+    histogram_quantile,
+    native_counts,
+    native_quantile,
+    native_quantile_linear,
+    true_quantile,
+)
 from tokenlat_cli.verify.synthetic import Distribution, SyntheticConfig, plan_request
 
 BEGIN = "<!-- accuracy:begin -->"
@@ -80,109 +89,6 @@ CLASSIC_EXTRA_SERIES = 3
 FLOAT_SLACK = 1e-12
 
 Progress = Callable[[str], None]
-
-
-# --- Prometheus' histogram_quantile --------------------------------------------------------------------------
-
-
-def classic_quantile(q: float, values: Sequence[float], bounds: Sequence[float]) -> float:
-    """What Prometheus answers for ``values`` in explicit buckets ``bounds``: verify's emulation, reused so that the
-    bench and verify cannot disagree about what Prometheus does."""
-    return histogram_quantile(q, values, bounds)
-
-
-def native_bound(index: int, scale: int) -> float:
-    """2**(index / 2**scale) computed as Prometheus' getBoundExponential does (model/histogram/generic.go): a
-    fraction in [0.5, 1) from a per-schema table, scaled by a power of two. Standard schemas 0..8 only."""
-    frac = 2.0 ** ((index & ((1 << scale) - 1)) / (1 << scale) - 1)
-    return math.ldexp(frac, (index >> scale) + 1)
-
-
-def _native_buckets(
-    counts: Mapping[int, float], scale: int, zero_count: float, zero_threshold: float
-) -> list[tuple[float, float, float]]:
-    """(lower, upper, count) in ascending order as Prometheus' AllBucketIterator yields them for a histogram with
-    positive buckets only: the zero bucket first (when it counted something), then the positive buckets, the
-    lowest one's lower bound raised to the zero threshold if it is below it. Empty buckets are left out: Prometheus
-    3.x skips them."""
-    out = [(-zero_threshold, zero_threshold, zero_count)] if zero_count > 0 else []
-    for index in sorted(counts):
-        if counts[index] > 0:
-            # OTLP bucket i holds (base**i, base**(i+1)]: Prometheus' bucket i+1, bounds getBound(i), getBound(i+1).
-            lower, upper = native_bound(index, scale), native_bound(index + 1, scale)
-            out.append((max(lower, zero_threshold), upper, counts[index]))
-    return out
-
-
-def native_quantile(
-    q: float, counts: Mapping[int, float], scale: int, zero_count: float = 0, zero_threshold: float = 0.0
-) -> float:
-    """What Prometheus 3.16 answers: promql.HistogramQuantile (promql/quantile.go, v0.316.0) for a standard
-    exponential schema with positive observations (no negative buckets, no NaN).
-
-    ``counts`` maps OTLP bucket indexes (as tokenlat.histograms.exponential_index assigns them) to counts. The
-    rank is counted from the bottom for q < 0.5 and from the top for q >= 0.5 (Prometheus does so for float
-    precision; on an exact tie it makes a difference: the answer is then the lower bound of the next populated
-    bucket). Inside a bucket the answer is interpolated exponentially: the fraction of the bucket's count below
-    the rank is taken as the same fraction of the bucket's width in log2. In the zero bucket it is linear, from 0.
-    """
-    if q < 0:
-        return -math.inf
-    if q > 1:
-        return math.inf
-    total = float(zero_count + sum(counts.values()))
-    if total == 0 or math.isnan(q):
-        return math.nan
-    buckets = _native_buckets(counts, scale, zero_count, zero_threshold)
-    forward = q < 0.5
-    rank = q * total if forward else (1 - q) * total
-    count = 0.0
-    lower = upper = n = 0.0
-    for bucket in buckets if forward else reversed(buckets):
-        lower, upper, n = bucket
-        count += n
-        if count >= rank:
-            break
-    if lower < 0 < upper:
-        lower = 0.0  # the zero bucket of a histogram with positive buckets only starts at 0
-    count = min(count, total)
-    rank = rank - (count - n) if forward else count - rank
-    fraction = rank / n
-    if lower <= 0 <= upper:
-        return lower + (upper - lower) * fraction
-    log_lower, log_upper = math.log2(lower), math.log2(upper)
-    return 2.0 ** (log_lower + (log_upper - log_lower) * fraction)
-
-
-def native_quantile_linear(q: float, counts: Mapping[int, float], scale: int) -> float:
-    """What Prometheus 2.42 answered: promql histogramQuantile (v0.42.0): the rank counted from the bottom and
-    linear interpolation inside the bucket, as for classic buckets ("TODO: Use a better estimation than linear")."""
-    if q < 0:
-        return -math.inf
-    if q > 1:
-        return math.inf
-    total = float(sum(counts.values()))
-    if total == 0 or math.isnan(q):
-        return math.nan
-    rank = q * total
-    count = 0.0
-    lower = upper = n = 0.0
-    for bucket in _native_buckets(counts, scale, 0, 0.0):
-        lower, upper, n = bucket
-        count += n
-        if count >= rank:
-            break
-    return lower + (upper - lower) * (rank - (count - n)) / n
-
-
-def native_counts(values: Sequence[float], scale: int) -> dict[int, int]:
-    """The OTLP exponential histogram tokenlat exports for ``values`` at ``scale``: count per bucket index."""
-    index = exponential_index(scale)
-    counts: dict[int, int] = {}
-    for value in values:
-        i = index(value)
-        counts[i] = counts.get(i, 0) + 1
-    return counts
 
 
 def native_ratio(scale: int) -> float:
@@ -514,7 +420,7 @@ def check_emulations() -> list[Check]:
     bounds, per_bucket, classic = PROMETHEUS_CLASSIC_CASE
     # Values inside each bucket (0.05 in (0, 0.1], ...): the emulation bins values, Prometheus' test gives counts.
     values = [v for v, n in zip((0.05, 0.15, 0.5, 5.0), per_bucket, strict=True) for _ in range(n)]
-    got = {q: classic_quantile(q, values, bounds) for q in classic}
+    got = {q: histogram_quantile(q, values, bounds) for q in classic}
     counts, zero_count, zero_threshold, native = PROMETHEUS_NATIVE_CASE
     got_native = {q: native_quantile(q, counts, 0, zero_count, zero_threshold) for q in native}
     return [
@@ -553,7 +459,7 @@ def evaluate(
                     for q in QUANTILES
                 }
             else:
-                answers = {q: (classic_quantile(q, w.values, lay.bounds[metric]), None) for q in QUANTILES}
+                answers = {q: (histogram_quantile(q, w.values, lay.bounds[metric]), None) for q in QUANTILES}
             estimates += [
                 Estimate(lay.name, w.name, q, truths[q], answer, lay.promised(metric, truths[q]), linear)
                 for q, (answer, linear) in answers.items()

@@ -23,19 +23,40 @@ from opentelemetry.util.types import AttributeValue
 
 from tokenlat import semconv
 
-# Keys that name an identifier of a request or a person: "user.id", "enduser.id",
-# "gen_ai.request.id", "session_id", "userId", "tokenlat.user.id_hash" ... A hashed id is
-# still an id: as unbounded as the original, and still personal information.
-ID_LIKE_KEY = re.compile(
-    r"(^|[._])(request|req|response|trace|span|session|conversation|thread|message|user|enduser|account|customer)"
-    r"[._]?id(_hash)?$",
-    re.IGNORECASE,
+# The one definition of an id-like key, used by the library's allowlist, the profile schema (tokenlat_cli.profiles)
+# and verify's label check, so that what one refuses the others refuse too. An id of a request, of a part of one
+# (response, trace, span, message, ...) or of a person (user, account, customer ...): unbounded, one series per
+# request or per person, and personal information. A hashed id is still an id: as unbounded as the original, and
+# still personal. Ids of bounded things are not refused: a model, a provider, a tenant (``tenant_id``, Thanos' own
+# label) or a piece of content (``video_id``) has as many values as there are of those things, which the allowlist
+# review judges; only the id kinds below are refused outright.
+ID_KINDS = (
+    "request",
+    "req",
+    "response",
+    "trace",
+    "span",
+    "session",
+    "conversation",
+    "thread",
+    "message",
+    "user",
+    "enduser",
+    "account",
+    "customer",
 )
+# One of the kinds, then "id", optionally "_hash", ending the key, in words separated by dots (attribute keys),
+# underscores (Prometheus label names, where the dots became underscores) or hyphens: "user.id", "enduser_id",
+# "gen_ai.request.id", "session-id", "tokenlat_user_id_hash". Case-insensitive: "UserID", "requestid".
+ID_LIKE_KEY = re.compile(rf"(^|[._-])({'|'.join(ID_KINDS)})[._-]?id([._-]hash)?$", re.IGNORECASE)
+# camelCase humps become word boundaries first ("endUserId" -> "end_User_Id", "HTTPRequestId" -> "HTTP_Request_Id").
+_CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
 def is_id_like(key: str) -> bool:
-    """True if ``key`` looks like the id of a request or a person (and so must never be a label)."""
-    return ID_LIKE_KEY.search(key) is not None
+    """True if ``key`` (an attribute key or a Prometheus label name) looks like the id of a request or a person, and
+    so must never be a metric label."""
+    return ID_LIKE_KEY.search(_CAMEL_HUMP.sub("_", key)) is not None
 
 
 class AttributePolicy:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from tokenlat import semconv
+from tokenlat.attributes import is_id_like
 from tokenlat.buckets import BucketLayout
 from tokenlat_cli.schema import (
     DURATION,
@@ -108,10 +109,6 @@ def _check_traces(traces: dict[str, Any], path: str) -> None:
         raise SchemaError(f"{path}.endpoint", f"is required when {path}.enabled is true")
 
 
-# Attribute keys that identify a request or a person: never allowed as metric labels (cardinality, PIPL).
-ID_LIKE_ATTRIBUTE = re.compile(r"(^|[._])(request|req|trace|span|session|conversation|user|enduser)[._]?id$")
-
-
 def _check_allowlist(profile: dict[str, Any], path: str) -> None:
     allowed = profile["metrics"]["attributes"]
     for key in profile["metrics"]["cardinality"]:
@@ -119,7 +116,8 @@ def _check_allowlist(profile: dict[str, Any], path: str) -> None:
             raise SchemaError(f"metrics.cardinality.{key}", "is not in metrics.attributes")
     user_ids = set(profile["deidentification"]["user_id_attributes"])
     for i, key in enumerate(profile["metrics"]["attributes"]):
-        if key in user_ids or ID_LIKE_ATTRIBUTE.search(key):
+        # Keys that identify a request or a person (the library's rule: it would refuse them at configure()).
+        if key in user_ids or is_id_like(key):
             raise SchemaError(
                 f"metrics.attributes[{i}]",
                 f"{key!r} identifies a request or a user and must not become a metric label "

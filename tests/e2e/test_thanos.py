@@ -21,8 +21,9 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
 from tokenlat_cli.verify.certs import CertificateSet, make_certificates
-from tokenlat_cli.verify.checks import poll
+from tokenlat_cli.verify.polling import poll, wait_until
 from tokenlat_cli.verify.processes import ProcessGroup, ServiceError
+from tokenlat_cli.verify.promql import PrometheusClient
 from tokenlat_cli.verify.services import CollectorEndpoints, start_collector
 from tokenlat_cli.verify.thanos import (
     TENANT_HEADER,
@@ -105,20 +106,12 @@ def _remote_write(
 
 
 def _query(url: str, promql: str) -> list[dict[str, Any]]:
-    response = requests.get(f"{url}/api/v1/query", params={"query": promql}, timeout=10)
-    response.raise_for_status()
-    body = response.json()
-    assert body["status"] == "success", body
-    return body["data"]["result"]
+    return PrometheusClient(url).query(promql)
 
 
 def _read_back(url: str, promql: str, timeout: float = READ_BACK_TIMEOUT) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = _query(url, promql)
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.5)
+    """The series of ``promql`` once there are any (Receive and Query take a while), or none at the deadline."""
+    return poll(lambda: _query(url, promql), bool, timeout)
 
 
 def _start_thanos(group: ProcessGroup, workdir: Path, certs: CertificateSet | None) -> tuple[ThanosReceive, str]:
@@ -234,8 +227,13 @@ def test_mutual_tls_refuses_a_writer_without_a_client_certificate(
     # Refused in the handshake, for the missing certificate (and not, say, for an untrusted server). With TLS 1.3
     # the client can see the reset before the server has logged why, so the log is polled, not read once.
     reason = "client didn't provide a certificate"
-    log = poll(lambda: receive.process.log_path.read_text(encoding="utf-8"), lambda text: reason in text, 10.0, 0.05)
-    assert reason in log
+    wait_until(
+        lambda: receive.process.log_path.read_text(encoding="utf-8"),
+        lambda text: reason in text,
+        10.0,
+        f"Thanos Receive's log to say {reason!r}",
+        0.05,
+    )
 
     # The same server takes the same kind of write from a writer with a certificate: the refusal above was
     # the missing certificate, nothing else.

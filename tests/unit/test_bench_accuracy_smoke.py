@@ -1,5 +1,6 @@
-"""The accuracy benchmark on a small workload: its emulations of Prometheus' histogram_quantile give the values
-worked out by hand and by Prometheus' own tests, its verdicts follow the figures, and the markdown is written.
+"""The accuracy benchmark on a small workload: its emulations of Prometheus' histogram_quantile give the values of
+Prometheus' own tests, its verdicts follow the figures, and the markdown is written. (The emulations are
+tokenlat_cli.verify.statistics'; the values worked out by hand are in tests/unit/test_verify_statistics.py.)
 
 One run of 2,000 values per workload (a fraction of a second) serves the tests that need figures. Unlike a timing
 bench, these figures are deterministic for a seed, so outcomes are asserted: they are what the bucket layouts
@@ -23,34 +24,6 @@ from tokenlat.buckets import LATENCY_METRICS
 @pytest.fixture(scope="module")
 def result() -> accuracy.Result:
     return accuracy.run(values=2000)
-
-
-def test_classic_quantile_interpolates_linearly_inside_the_bucket() -> None:
-    # Buckets (0, 1], (1, 2], (2, 4], (4, +Inf] holding 1, 2, 4 and 1 of 8 values.
-    values = [0.5, 1.5, 1.5, 3.0, 3.0, 3.0, 3.0, 10.0]
-    bounds = (1.0, 2.0, 4.0)
-    assert accuracy.classic_quantile(0.1, values, bounds) == pytest.approx(0.8)  # rank 0.8 of 1 in (0, 1]
-    assert accuracy.classic_quantile(0.375, values, bounds) == pytest.approx(2.0)  # rank 3: the end of (1, 2]
-    assert accuracy.classic_quantile(0.5, values, bounds) == pytest.approx(2.5)  # rank 4: 1 of 4 into (2, 4]
-    assert accuracy.classic_quantile(0.99, values, bounds) == 4.0  # +Inf: the last finite boundary
-
-
-def test_native_quantile_interpolates_exponentially_and_counts_the_upper_half_from_the_top() -> None:
-    # Scale 0, OTLP indexes: 0 is (1, 2], 1 is (2, 4], 3 is (8, 16]; 8 values.
-    counts = {0: 1, 1: 3, 3: 4}
-    # q < 0.5, from the bottom: rank 2 is 1 of 3 into (2, 4], a third of the way in log2.
-    assert accuracy.native_quantile(0.25, counts, 0) == pytest.approx(2 ** (4 / 3))
-    # q >= 0.5, from the top: rank 4 ties with the top of (2, 4]; counted from the top it is the start of (8, 16].
-    assert accuracy.native_quantile(0.5, counts, 0) == pytest.approx(8.0)
-    assert accuracy.native_quantile_linear(0.5, counts, 0) == pytest.approx(4.0)  # Prometheus 2.42, from the bottom
-    # Half-way into (8, 16]: 2**3.5 in 3.x, the arithmetic middle in 2.42.
-    assert accuracy.native_quantile(0.75, counts, 0) == pytest.approx(2**3.5)
-    assert accuracy.native_quantile_linear(0.75, counts, 0) == pytest.approx(12.0)
-    assert accuracy.native_quantile(1.0, counts, 0) == pytest.approx(16.0)
-    assert math.isnan(accuracy.native_quantile(0.5, {}, 0))
-    # The bounds are Prometheus' getBound: 2**(index / 2**scale).
-    assert accuracy.native_bound(3, 2) == pytest.approx(2**0.75)
-    assert accuracy.native_bound(-5, 3) == pytest.approx(2 ** (-5 / 8))
 
 
 def test_emulations_reproduce_prometheus_own_test_expectations() -> None:

@@ -19,7 +19,7 @@ from tokenlat.buckets import (
     geometric_bounds,
 )
 from tokenlat.configure import ConfigurationError, configure
-from tokenlat_cli.verify.checks import histogram_quantile, true_quantile
+from tokenlat_cli.verify.statistics import histogram_quantile, true_quantile
 
 
 @given(

@@ -9,8 +9,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from tokenlat import semconv
-from tokenlat_cli.verify.checks import PrometheusClient, Queries
 from tokenlat_cli.verify.exemplars import TraceIds, exemplar_check
+from tokenlat_cli.verify.promql import PrometheusClient, Queries
 
 LOAD = {"a" * 32, "b" * 32}
 

@@ -9,27 +9,11 @@ import pytest
 
 from tokenlat import semconv
 from tokenlat.buckets import BucketLayout
-from tokenlat.histograms import EXPONENTIAL_SCALE, MetricStore, RequestGaps
+from tokenlat.histograms import MetricStore, RequestGaps
 from tokenlat.stream import RequestTiming
 from tokenlat_cli.verify import checks
 from tokenlat_cli.verify.report import Report
-
-
-def test_true_quantile_is_nearest_rank() -> None:
-    values = [5.0, 1.0, 4.0, 2.0, 3.0]
-    assert checks.true_quantile(values, 0.5) == 3.0
-    assert checks.true_quantile(values, 0.9) == 5.0
-    assert checks.true_quantile(values, 0.2) == 1.0
-    assert checks.true_quantile(values, 0.21) == 2.0
-
-
-def test_bucket_of_uses_upper_inclusive_bounds() -> None:
-    bounds = (0.1, 0.25, 0.5)
-    assert checks.bucket_of(0.05, bounds) == (0.0, 0.1)
-    assert checks.bucket_of(0.1, bounds) == (0.0, 0.1)
-    assert checks.bucket_of(0.2, bounds) == (0.1, 0.25)
-    assert checks.bucket_of(0.9, bounds) == (0.5, math.inf)
-
+from tokenlat_cli.verify.statistics import histogram_quantile, recorded_histograms, true_quantile_interval
 
 DEFAULT = BucketLayout()
 TTFT = semconv.TTFT_SPEC
@@ -53,8 +37,8 @@ def test_truth_row_takes_every_true_quantile_when_the_rank_is_whole() -> None:
     # p50 of 4 values: 2 of 4 at or below, 2 at or above, anything from the 2nd to the 3rd value is a median; and
     # Prometheus 3 answers from the 3rd value's bucket then.
     truths = [0.1, 0.2, 0.4, 0.8]
-    assert checks.true_quantile_interval(truths, 0.5) == (0.2, 0.4)
-    assert checks.true_quantile_interval(truths, 0.6) == (0.4, 0.4)
+    assert true_quantile_interval(truths, 0.5) == (0.2, 0.4)
+    assert true_quantile_interval(truths, 0.6) == (0.4, 0.4)
     inside = checks.truth_check(TTFT, 0.5, truths, 0.39, None)
     assert inside.passed and inside.error == 0 and "every value in [0.2, 0.4] is a true p50" in inside.detail
     beyond = checks.truth_check(TTFT, 0.5, truths, 0.41, None)
@@ -75,8 +59,8 @@ def test_pipeline_row_in_process_is_exactly_what_the_library_sent() -> None:
     for ttft in (0.11, 0.12, 0.125, 0.3, 0.31):
         timing = RequestTiming(start=0.0, first_token=ttft, end=ttft + 1.0, output_tokens=3)
         store.record_request({}, timing, RequestGaps(), None)
-    recorded = checks.recorded_histograms(store)[TTFT.name]
-    sent = checks.histogram_quantile(0.9, [0.11, 0.12, 0.125, 0.3, 0.31], DEFAULT.bounds(TTFT.name))
+    recorded = recorded_histograms(store)[TTFT.name]
+    sent = histogram_quantile(0.9, [0.11, 0.12, 0.125, 0.3, 0.31], DEFAULT.bounds(TTFT.name))
     assert recorded.answers(0.9) == (sent, sent)
     row = checks.pipeline_check(TTFT, 0.9, sent, recorded)  # the truth plays no part
     assert row.passed and row.tolerance == "what was sent" and "the 5 observations" in row.detail
@@ -84,21 +68,10 @@ def test_pipeline_row_in_process_is_exactly_what_the_library_sent() -> None:
     assert not checks.pipeline_check(TTFT, 0.9, None, recorded).passed
 
 
-def test_recorded_native_answers_take_the_bucket_of_the_rank_and_the_next_populated_one() -> None:
-    store = MetricStore(exponential=True)
-    for ttft in (0.1, 0.2, 0.4, 0.8):
-        store.record_request({}, RequestTiming(start=0.0, first_token=ttft, end=1.0), RequestGaps(), None)
-    recorded = checks.recorded_histograms(store)[TTFT.name]
-    lower, _ = checks.exponential_bucket_of(0.2, EXPONENTIAL_SCALE)
-    _, next_upper = checks.exponential_bucket_of(0.4, EXPONENTIAL_SCALE)
-    low, high = recorded.answers(0.5)  # rank 2 ends the bucket of 0.2: Prometheus 3 may answer from 0.4's
-    assert low == pytest.approx(lower) and high == pytest.approx(next_upper)
-
-
 def test_quantile_checks_give_both_rows_in_process_and_the_truth_row_through_the_sidecar() -> None:
     store = MetricStore(layout=DEFAULT)
     store.record_request({}, RequestTiming(start=0.0, first_token=0.3, end=1.0), RequestGaps(), None)
-    recorded = checks.recorded_histograms(store)[TTFT.name]
+    recorded = recorded_histograms(store)[TTFT.name]
     rows = checks.quantile_checks(TTFT, 0.95, [0.3] * 20, 0.3, DEFAULT, recorded)
     assert [row.name for row in rows] == [
         "gen_ai_server_time_to_first_token_seconds p95 vs the truth",
@@ -111,16 +84,6 @@ def test_quantile_checks_give_both_rows_in_process_and_the_truth_row_through_the
     assert "measured through the sidecar" in sidecar.detail
 
 
-def test_histogram_quantile_interpolates_like_prometheus() -> None:
-    bounds = (1.0, 2.0, 4.0)
-    # 4 values: two in (0, 1], one in (1, 2], one in (2, 4]
-    values = [0.5, 0.7, 1.5, 3.0]
-    assert checks.histogram_quantile(0.5, values, bounds) == pytest.approx(1.0)  # rank 2 ends bucket 1
-    assert checks.histogram_quantile(0.25, values, bounds) == pytest.approx(0.5)  # rank 1 of 2 in (0, 1]
-    assert checks.histogram_quantile(0.625, values, bounds) == pytest.approx(1.5)  # rank 2.5 halfway in (1, 2]
-    assert checks.histogram_quantile(0.99, [9.0], bounds) == 4.0  # +Inf bucket: the last finite bound
-
-
 def test_count_check_is_exact() -> None:
     assert checks.count_check("n", 300, 300.0).passed
     assert not checks.count_check("n", 300, 299.0).passed
@@ -131,24 +94,6 @@ def test_id_label_check() -> None:
     assert checks.id_label_check(["__name__", "gen_ai_request_model", "le", "job", "instance"]).passed
     failed = checks.id_label_check(["le", "request_id", "user_id", "gen_ai_request_model", "enduser_id"])
     assert not failed.passed and failed.observed == "enduser_id, request_id, user_id"
-
-
-def test_truth_series_leaves_undefined_tpot_out() -> None:
-    one_token = RequestTiming(start=0.0, first_token=0.5, end=0.5, output_tokens=1)
-    three = RequestTiming(start=0.0, first_token=0.25, end=1.25, output_tokens=3)
-    series = checks.truth_series([one_token, three])
-    assert series[semconv.TIME_TO_FIRST_TOKEN] == [0.5, 0.25]
-    assert series[semconv.TIME_PER_OUTPUT_TOKEN] == [0.5]
-    assert series[semconv.REQUEST_DURATION] == [0.5, 1.25]
-
-
-def test_wait_for_value_polls_until_expected() -> None:
-    readings = iter([None, 1.0, 2.0, 3.0])
-    assert checks.wait_for_value(lambda: next(readings), 3.0, timeout=5, interval=0) == 3.0
-
-
-def test_wait_for_value_returns_last_value_at_deadline() -> None:
-    assert checks.wait_for_value(lambda: 1.0, 2.0, timeout=0, interval=0) == 1.0
 
 
 def test_report_table_and_json() -> None:
@@ -168,26 +113,6 @@ def test_report_table_and_json() -> None:
 
 def test_empty_report_does_not_pass() -> None:
     assert not Report(profile="local", settings={}).passed
-
-
-def test_queries_for_classic_and_native_histograms() -> None:
-    classic, native = checks.Queries(native=False), checks.Queries(native=True)
-    ttft = semconv.TTFT_SPEC
-    assert classic.count(ttft) == "sum(gen_ai_server_time_to_first_token_seconds_count)"
-    assert native.count(ttft) == "histogram_count(sum(gen_ai_server_time_to_first_token_seconds))"
-    assert classic.sum(semconv.TOKEN_USAGE_SPEC, 'a="b"') == 'sum(gen_ai_client_token_usage_sum{a="b"})'
-    assert native.sum(semconv.TOKEN_USAGE_SPEC) == "histogram_sum(sum(gen_ai_client_token_usage))"
-    assert classic.quantile(ttft, 0.9) == (
-        "histogram_quantile(0.9, sum by (le) (gen_ai_server_time_to_first_token_seconds_bucket))"
-    )
-    assert native.quantile(ttft, 0.9) == "histogram_quantile(0.9, sum(gen_ai_server_time_to_first_token_seconds))"
-
-
-def test_exponential_bucket_of() -> None:
-    lower, upper = checks.exponential_bucket_of(1.0, 3)
-    assert lower < 1.0 <= upper and upper == pytest.approx(1.0) and lower == pytest.approx(2 ** (-1 / 8))
-    lower, upper = checks.exponential_bucket_of(0.13, EXPONENTIAL_SCALE)
-    assert upper / lower - 1 < 0.011  # scale 6: the 1.1% native histograms promise
 
 
 def test_id_value_check_finds_a_leaked_id_in_any_label() -> None:

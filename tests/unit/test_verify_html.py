@@ -17,9 +17,10 @@ from tokenlat import semconv
 from tokenlat_cli.commands import verify as verify_command
 from tokenlat_cli.main import cli
 from tokenlat_cli.verify import html_report
-from tokenlat_cli.verify.checks import QUANTILES, Check, true_quantile
+from tokenlat_cli.verify.checks import QUANTILES, Check
 from tokenlat_cli.verify.html_report import MAX_CDF_POINTS, METRIC_TITLES, Frame, cdf_points, log_ticks, render_html
 from tokenlat_cli.verify.report import LatencyDistribution, Report
+from tokenlat_cli.verify.statistics import true_quantile
 
 SPECS = (semconv.TTFT_SPEC, semconv.TPOT_SPEC, semconv.DURATION_SPEC, semconv.ITL_SPEC)
 METRICS = [semconv.prometheus_name(s) for s in SPECS]

@@ -15,8 +15,9 @@ import pytest
 
 from tests.otel_helpers import MODEL, Pipeline, point
 from tokenlat import parsers, semconv
+from tokenlat.stream import RequestTiming
 from tokenlat_cli.verify import services, synthetic
-from tokenlat_cli.verify.load import SYNTHETIC_SERVER_ARGS, LoadResult, run_load, synthetic_tokens
+from tokenlat_cli.verify.load import SYNTHETIC_SERVER_ARGS, LoadResult, run_load, synthetic_tokens, truth_series
 from tokenlat_cli.verify.synthetic import Distribution, SyntheticConfig, plan_request
 
 TOTAL = 12
@@ -93,3 +94,12 @@ def test_the_truth_reads_token_texts_from_any_field() -> None:
     header = '"tool_calls":[{"index":0,"id":"call_synthetic_3","type":"function","function":{"name":"lookup"}}]'
     assert synthetic_tokens(chunk % header) == []
     assert synthetic_tokens('{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":16}}') == []
+
+
+def test_truth_series_leaves_undefined_tpot_out() -> None:
+    one_token = RequestTiming(start=0.0, first_token=0.5, end=0.5, output_tokens=1)
+    three = RequestTiming(start=0.0, first_token=0.25, end=1.25, output_tokens=3)
+    series = truth_series([one_token, three])
+    assert series[semconv.TIME_TO_FIRST_TOKEN] == [0.5, 0.25]
+    assert series[semconv.TIME_PER_OUTPUT_TOKEN] == [0.5]
+    assert series[semconv.REQUEST_DURATION] == [0.5, 1.25]

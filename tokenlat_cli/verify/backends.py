@@ -27,9 +27,9 @@ import yaml
 
 from tokenlat_cli.binaries import find_binary
 from tokenlat_cli.verify.certs import CertificateSet
-from tokenlat_cli.verify.checks import PrometheusClient
 from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, ServiceError, free_port
 from tokenlat_cli.verify.prometheus import Prometheus, find_prometheus
+from tokenlat_cli.verify.promql import PrometheusClient
 from tokenlat_cli.verify.services import START_TIMEOUT
 from tokenlat_cli.verify.thanos import start_thanos_query, start_thanos_receive
 

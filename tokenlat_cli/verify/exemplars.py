@@ -15,7 +15,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from tokenlat import semconv
-from tokenlat_cli.verify.checks import Check, PrometheusClient, Queries
+from tokenlat_cli.verify.checks import Check
+from tokenlat_cli.verify.promql import PrometheusClient, Queries
 
 # The histograms whose exemplars verify follows: TTFT and duration, the two users drill into most.
 EXEMPLAR_METRICS = (semconv.TTFT_SPEC, semconv.DURATION_SPEC)
@@ -45,16 +46,9 @@ class TraceIds(SpanExporter):
 
 def exemplar_trace_ids(client: PrometheusClient, expr: str, start: float, end: float) -> list[str]:
     """The trace_id label of every exemplar of ``expr`` between ``start`` and ``end`` (unix seconds)."""
-    response = client.session.get(
-        f"{client.url}/api/v1/query_exemplars", params={"query": expr, "start": start, "end": end}, timeout=10
-    )
-    response.raise_for_status()
-    payload = response.json()
-    if payload.get("status") != "success":
-        raise RuntimeError(f"query_exemplars {expr!r} failed: {payload}")
     return [
         exemplar.get("labels", {}).get("trace_id", "")
-        for series in payload.get("data") or ()
+        for series in client.exemplars(expr, start, end)
         for exemplar in series.get("exemplars") or ()
     ]
 

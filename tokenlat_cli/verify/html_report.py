@@ -17,8 +17,9 @@ from html import escape
 
 from tokenlat import semconv
 from tokenlat.histograms import EXPONENTIAL_SCALE
-from tokenlat_cli.verify.checks import QUANTILES, Check, true_quantile
+from tokenlat_cli.verify.checks import QUANTILES, Check
 from tokenlat_cli.verify.report import LatencyDistribution, Report, _cell
+from tokenlat_cli.verify.statistics import true_quantile
 
 # Titles people read; the Prometheus name is shown under each.
 METRIC_TITLES = {

@@ -18,19 +18,20 @@ import json
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from tokenlat import semconv
 from tokenlat.sse import DONE, iter_sse_data, openai_event_tokens
 from tokenlat.stream import RequestTiming, TokenMetrics, wrap_async_stream
 from tokenlat_cli.verify.synthetic import token_text
 
 if TYPE_CHECKING:
-    from tokenlat_cli.verify.checks import Recorded
+    from tokenlat_cli.verify.statistics import Recorded
 
 Progress = Callable[[int, int], None]
 # The headers tokenlat sidecar reads them from by default.
@@ -58,7 +59,7 @@ class LoadResult:
     gaps: list[float] = field(default_factory=list)
     #: The trace ids of the requests' spans, when the library measured with spans on (their exemplars' targets).
     trace_ids: set[str] = field(default_factory=set)
-    #: What the library recorded and sent, per histogram, when it measured in this process (checks.Recorded).
+    #: What the library recorded and sent, per histogram, when it measured in this process (statistics.Recorded).
     recorded: dict[str, Recorded] = field(default_factory=dict)
 
     @property
@@ -68,6 +69,20 @@ class LoadResult:
     @property
     def input_tokens(self) -> int:
         return sum(t.input_tokens or 0 for t in self.truths)
+
+
+def truth_series(truths: Sequence[RequestTiming]) -> dict[str, list[float]]:
+    """Per metric, the true per-request values (TPOT only where it is defined)."""
+    series: dict[str, list[float]] = {spec.name: [] for spec in semconv.HISTOGRAMS}
+    for t in truths:
+        for spec, value in (
+            (semconv.TTFT_SPEC, t.ttft),
+            (semconv.TPOT_SPEC, t.time_per_output_token),
+            (semconv.DURATION_SPEC, t.duration),
+        ):
+            if value is not None:
+                series[spec.name].append(value)
+    return series
 
 
 def _prompt(rng: random.Random) -> tuple[str, int]:

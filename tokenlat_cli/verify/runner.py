@@ -35,9 +35,11 @@ from tokenlat_cli.verify.backends import (
 )
 from tokenlat_cli.verify.certs import CertificateSet, make_certificates
 from tokenlat_cli.verify.exemplars import EXEMPLAR_METRICS, TraceIds, exemplar_check
-from tokenlat_cli.verify.load import LoadResult, identities, run_load
+from tokenlat_cli.verify.load import LoadResult, identities, run_load, truth_series
+from tokenlat_cli.verify.polling import poll, wait_for_value
 from tokenlat_cli.verify.probes import otlp_export_accepted
 from tokenlat_cli.verify.processes import ProcessGroup
+from tokenlat_cli.verify.promql import PrometheusClient, Queries
 from tokenlat_cli.verify.report import LatencyDistribution, Report
 from tokenlat_cli.verify.services import (
     CollectorEndpoints,
@@ -45,6 +47,7 @@ from tokenlat_cli.verify.services import (
     start_sidecar,
     start_synthetic,
 )
+from tokenlat_cli.verify.statistics import recorded_histograms
 from tokenlat_cli.verify.synthetic import DEFAULT_MODEL, Distribution, SyntheticConfig, parse_token_range, plan_request
 from tokenlat_cli.verify.traces import start_trace_sink, trace_checks
 
@@ -153,11 +156,11 @@ def histogram_kind(profile: Profile, settings: VerifySettings) -> str:
     return settings.histogram or ("exponential" if profile.native else "explicit")
 
 
-def queries_for(profile: Profile, histogram: str) -> checks.Queries:
+def queries_for(profile: Profile, histogram: str) -> Queries:
     """PromQL for what the backend stores: one series per histogram for native histograms, and for classic ones
     sent as native histograms with custom buckets (NHCB); _bucket/_sum/_count series otherwise."""
     nhcb = histogram == "explicit" and profile.data["metrics"]["native_custom_buckets"]
-    return checks.Queries(native=histogram == "exponential" or nhcb)
+    return Queries(native=histogram == "exponential" or nhcb)
 
 
 def _telemetry(
@@ -308,7 +311,7 @@ def _wrong_credential_check(
                 rec.tokens()
     finally:
         telemetry.shutdown()
-    failed = checks.poll(lambda: _exporter_failures(collector.telemetry_url), lambda value: value > 0, 45.0)
+    failed = poll(lambda: _exporter_failures(collector.telemetry_url), lambda value: value > 0, 45.0)
     count = backend.query.scalar(queries_for(profile, histogram).count(semconv.DURATION_SPEC)) or 0
     collector.process.stop()
     arrived = count - len(load.truths)
@@ -324,7 +327,7 @@ def _wrong_credential_check(
     )
 
 
-def _tenant_check(backend: Backend, requests_sent: int, queries: checks.Queries) -> checks.Check:
+def _tenant_check(backend: Backend, requests_sent: int, queries: Queries) -> checks.Check:
     """Thanos: the data is stored under the profile's tenant (the THANOS-TENANT header reached Receive)."""
     observed = backend.query.scalar(queries.count(semconv.DURATION_SPEC, f'tenant_id="{backend.tenant}"'))
     return checks.count_check(f"requests stored under tenant_id={backend.tenant}", requests_sent, observed)
@@ -387,7 +390,7 @@ def _run_traffic(
         # Also on Ctrl-C: the final export reaches the Collector while it is still running.
         telemetry.shutdown()
     load.trace_ids = spans.ids
-    load.recorded = checks.recorded_histograms(telemetry.metrics.store)
+    load.recorded = recorded_histograms(telemetry.metrics.store)
     stages.end(started, f"{len(load.truths)} succeeded, {len(load.failures)} failed; metrics flushed")
     return load
 
@@ -451,7 +454,7 @@ def _exemplars(
     profile: Profile,
     load: LoadResult,
     settings: VerifySettings,
-    client: checks.PrometheusClient,
+    client: PrometheusClient,
     since: float,
 ) -> None:
     """The drill-down from a bucket to its trace, where the run can show it."""
@@ -470,7 +473,7 @@ def _compare(
     report: Report,
     load: LoadResult,
     settings: VerifySettings,
-    client: checks.PrometheusClient,
+    client: PrometheusClient,
     profile: Profile,
 ) -> None:
     queries = queries_for(profile, settings.histogram)
@@ -482,7 +485,7 @@ def _compare(
         report.notes.append(f"failed {failure}")
 
     def count_check(name: str, expr: str, expected: int, timeout: float) -> None:
-        observed = checks.wait_for_value(lambda: client.scalar(expr), expected, timeout)
+        observed = wait_for_value(lambda: client.scalar(expr), expected, timeout)
         report.checks.append(checks.count_check(name, expected, observed))
 
     duration, usage, itl = (
@@ -500,7 +503,7 @@ def _compare(
         report.notes.append(
             "quantiles judged against the truth only: the bucket counts the sidecar sent are in its own process"
         )
-    truths = checks.truth_series(load.truths)
+    truths = truth_series(load.truths)
     truths[semconv.INTER_TOKEN_LATENCY] = load.gaps
     for spec in (semconv.TTFT_SPEC, semconv.TPOT_SPEC, semconv.DURATION_SPEC, semconv.ITL_SPEC):
         answered: dict[float, float | None] = {}

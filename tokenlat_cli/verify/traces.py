@@ -340,8 +340,9 @@ def sampled_check(name: str, n: int, percentage: float, kept: int, detail: str =
 
 
 def user_id_hash(salt: str, user_id: str) -> str:
-    """What the Collector's de-identification writes: OTTL SHA256(Concat([salt, uid], ":")). At v0.161.0 SHA256
-    returns hex.EncodeToString of the digest, i.e. lower-case hex, as hexdigest() does."""
+    """What the Collector's de-identification writes: OTTL SHA256(Concat([salt, uid], ":")). At the pinned
+    Collector release (collector/VERSION) SHA256 returns hex.EncodeToString of the digest, i.e. lower-case hex,
+    as hexdigest() does."""
     return hashlib.sha256(f"{salt}:{user_id}".encode()).hexdigest()
 
 
