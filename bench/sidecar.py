@@ -8,13 +8,16 @@ Three processes, so that nothing shares an event loop:
   synthetic server  ``tokenlat_cli.verify.synthetic.serve`` in a spawned child, fixed seed: request index i gets the
                     same plan (TTFT, gaps, length) from every fresh server; the child notes when it started each
                     response and wrote each chunk
-  sidecar           ``create_sidecar_app`` in a spawned child (exponential histograms, scale 8, exported into
+  sidecar           ``tokenlat.sidecar.Sidecar`` in a spawned child (exponential histograms, scale 8, exported into
                     memory): it reports its CPU time, what it relayed and what it measured
   client            this process: aiohttp, ``--concurrency`` streams at a time, timing the arrival of every SSE event
 
-The workload runs five times, each against a fresh server: direct, through the sidecar, through a sidecar that
-relays without measuring (the control that tells relaying from measuring), through a TCP byte pipe
-(``bench.byte_pipe``: the floor of any proxy hop in Python on this machine), and direct again (the rig's own noise).
+The workload runs six times, each against a fresh server: direct, through the sidecar, through a sidecar that
+relays without measuring (``measure=False``: the control that tells relaying from measuring), through nginx (the
+reference, ``bench.nginx``: what users would otherwise put in the path; ``--reference none`` leaves it out), through
+a TCP byte pipe (``bench.byte_pipe``: the floor of any proxy hop in Python on this machine), and direct again (the
+rig's own noise). The sidecar is judged against nginx too: CPU per chunk at most ``TARGET_CPU_X_NGINX`` times
+nginx's, added p99 at most nginx's plus ``TARGET_P99_OVER_NGINX_MS``.
 Responses are matched by the index the server wrote into them (``chatcmpl-synthetic-<index>``), not by send order,
 which concurrency shuffles. All processes read the same clock (CLOCK_MONOTONIC), so a chunk's latency can leave out
 the server's own schedule and timer lateness: its offset at the client less its offset at the server. The latency a
@@ -38,6 +41,7 @@ import multiprocessing
 import os
 import re
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -66,12 +70,15 @@ from bench.hot_path import (
     verdict_lines,
     write_markdown,
 )
+from bench.nginx import MISSING as NGINX_MISSING
+from bench.nginx import find_nginx, nginx_proxy
 from tokenlat import semconv
 from tokenlat.configure import Telemetry, configure
-from tokenlat.sidecar import create_sidecar_app, serve_sidecar, sidecar_stats
+from tokenlat.sidecar import Sidecar
 from tokenlat.sse import iter_sse_data, openai_chunk_tokens, parse_openai_event
 from tokenlat.testing import CapturingExporter
 from tokenlat_cli.verify import synthetic
+from tokenlat_cli.verify.statistics import dense_counts, native_quantile, true_quantile
 from tokenlat_cli.verify.synthetic import Distribution, SyntheticConfig
 
 BEGIN = "<!-- sidecar:begin -->"
@@ -81,6 +88,10 @@ SECTION_HEADING = "## Sidecar: added latency and accuracy"
 # Targets (see docs/benchmarks.md).
 TARGET_ADDED_P99_MS = 1.0
 TARGET_RELATIVE_ERROR = 0.02
+# Against nginx, the reference (issue 10): the sidecar's CPU per chunk at most this many times nginx's, and its p99
+# added latency at most nginx's plus this.
+TARGET_CPU_X_NGINX = 2.0
+TARGET_P99_OVER_NGINX_MS = 0.5
 
 DEFAULT_REQUESTS = 1200
 DEFAULT_CONCURRENCY = 100
@@ -90,8 +101,8 @@ DEFAULT_ROUNDS = 3
 TTFT = "lognormal:0.12,0.35"
 INTER_TOKEN = "lognormal:0.012,0.3"
 OUTPUT_TOKENS = (16, 48)
-# Scale 8: 256 buckets per doubling, each (2**(i/256), 2**((i+1)/256)], so a bucket's geometric midpoint is within
-# 0.14% of every value in it: far inside the 2% target, which then tests the sidecar's timing, not its buckets.
+# Scale 8: 256 buckets per doubling, each (2**(i/256), 2**((i+1)/256)], so an answer inside a bucket is within
+# 0.27% of every value in it: far inside the 2% target, which then tests the sidecar's timing, not its buckets.
 SCALE = 8
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -99,10 +110,13 @@ DIRECT = "direct"
 SIDECAR = "through the sidecar"
 RELAY_ONLY = "through the sidecar (not measuring)"
 BYTE_PIPE = "through a byte pipe (no HTTP)"
+NGINX = "through nginx (the reference)"
 DIRECT_AGAIN = "direct again"
-RUNS = (DIRECT, SIDECAR, RELAY_ONLY, BYTE_PIPE, DIRECT_AGAIN)
+RUNS = (DIRECT, SIDECAR, RELAY_ONLY, NGINX, BYTE_PIPE, DIRECT_AGAIN)
+# The reference proxy the sidecar is compared with: nginx, or none (then the NGINX run is left out).
+REFERENCES = ("nginx", "none")
 # The runs through a proxy of any kind: their bytes must equal the direct run's.
-PROXIED_RUNS = (SIDECAR, RELAY_ONLY, BYTE_PIPE)
+PROXIED_RUNS = (SIDECAR, RELAY_ONLY, NGINX, BYTE_PIPE)
 # The runs through a sidecar, and whether it measures: the one that does not is the control that tells relaying
 # (aiohttp, the kernel) from measuring (parsing a copy of each chunk, recording its timing).
 SIDECAR_RUNS = {SIDECAR: True, RELAY_ONLY: False}
@@ -362,16 +376,16 @@ class _Relayed:
 def _count_relayed(relayed: _Relayed) -> None:
     """Count every body piece the sidecar relays to its clients (wraps its method, in the sidecar child only).
 
-    The sidecar relays a body with ``_Hop.response_body``, one call per piece the upstream's parser hands over.
+    The sidecar relays a body with ``Hop.response_body``, one call per piece the upstream's parser hands over.
     The synthetic server writes each SSE event in one piece, so counting "\\n\\n" per piece counts events exactly (a
     split event would show as a failed check, not as a wrong figure). The wrapper's cost, well under a
     microsecond a piece, is inside the CPU figure.
     """
-    from tokenlat import sidecar as module
+    from tokenlat.sidecar import hop as module
 
-    hop = getattr(module, "_Hop", None)
+    hop = getattr(module, "Hop", None)
     if hop is None or not hasattr(hop, "response_body"):
-        raise RuntimeError("tokenlat.sidecar._Hop.response_body is gone: update the bench's relay counter")
+        raise RuntimeError("tokenlat.sidecar.hop.Hop.response_body is gone: update the bench's relay counter")
     original = hop.response_body
 
     def counted(self: Any, data: bytes, arrived: float) -> None:
@@ -432,8 +446,8 @@ async def _run_sidecar(conn: Connection, upstream: str, scale: int, measure: boo
     )
     relayed = _Relayed()
     _count_relayed(relayed)
-    app = create_sidecar_app(upstream, telemetry.metrics, measure=measure)  # measure=False: the relay-only control
-    stats = sidecar_stats(app)
+    sidecar = Sidecar(upstream, telemetry.metrics, measure=measure)  # measure=False: the relay-only control
+    stats = sidecar.stats
 
     def snapshot() -> Plain:
         telemetry.meter_provider.force_flush()
@@ -444,13 +458,14 @@ async def _run_sidecar(conn: Connection, upstream: str, scale: int, measure: boo
             "itl": _histogram(exporter, semconv.INTER_TOKEN_LATENCY),
         }
 
-    runner, port = await serve_sidecar(app, "127.0.0.1", 0, drain_timeout=5.0)
+    port = await sidecar.start("127.0.0.1", 0)
     try:
         before, after, cpu, pauses = await _measured(
             conn, port, lambda: stats.in_flight > 0, snapshot, harness=False, profile=profile
         )
     finally:
-        await runner.cleanup()
+        await sidecar.drain(5.0)
+        await sidecar.close()
         telemetry.shutdown()
     result = {
         "cpu_seconds": cpu,
@@ -736,6 +751,13 @@ class PipeReport:
 
 
 @dataclass
+class NginxReport:
+    """The reference proxy's CPU time over the measured streams (its whole process, from /proc/PID/stat)."""
+
+    cpu_seconds: float
+
+
+@dataclass
 class SidecarReport:
     """What the sidecar child sent back (over the measured streams only)."""
 
@@ -750,32 +772,13 @@ class SidecarReport:
 # --- quantiles ------------------------------------------------------------------------------------------------
 
 
-def nearest_rank(values: Sequence[float], q: float) -> float:
-    """The smallest of the (sorted) values with at least a fraction ``q`` of them at or below it."""
-    if not values:
-        return math.nan
-    return values[max(math.ceil(q * len(values)), 1) - 1]
+# Both sides use verify's statistics (tokenlat_cli.verify.statistics): the client's exact values their nearest rank
+# (true_quantile), the sidecar's exponential histogram what Prometheus 3 answers for it (native_quantile).
 
 
-def histogram_quantile(h: Plain, q: float) -> float:
-    """The same rank read from an exponential histogram: the geometric midpoint of the bucket that holds it.
-
-    Bucket i holds (2**(i/2**scale), 2**((i+1)/2**scale)]; its geometric midpoint 2**((i+0.5)/2**scale) is within
-    half a bucket (0.14% at scale 8) of any value in it, either way; the upper bound would be up to a whole bucket
-    high, always high.
-    """
-    count = h["count"]
-    if not count:
-        return math.nan
-    rank = max(math.ceil(q * count), 1)
-    seen = h["zero_count"]
-    if rank <= seen:
-        return 0.0
-    for i, n in enumerate(h["bucket_counts"]):
-        seen += n
-        if seen >= rank:
-            return float(2 ** ((h["offset"] + i + 0.5) / 2 ** h["scale"]))
-    return math.nan  # the counts do not add up: the count checks fail as well
+def sidecar_quantile(h: Plain, q: float) -> float:
+    """What Prometheus 3 answers for the q-quantile of a histogram the sidecar exported (a Plain data point)."""
+    return native_quantile(q, dense_counts(h["offset"], h["bucket_counts"]), h["scale"], h["zero_count"])
 
 
 # --- the run and its figures ----------------------------------------------------------------------------------
@@ -792,6 +795,7 @@ class Result:
     checks: list[Check]
     machine: dict[str, str]
     seconds: float
+    nginx: NginxReport | None = None  # None when the bench ran without the reference
 
     @property
     def passed(self) -> bool:
@@ -847,7 +851,7 @@ class Result:
         the paired differences (``added``), it is not inflated by the run-to-run jitter of single chunks: two
         runs that add nothing differ by about 0 here, but by the jitter there.
         """
-        return nearest_rank(self.path_latencies(run), q) - nearest_rank(self.path_latencies(reference), q)
+        return true_quantile(self.path_latencies(run), q) - true_quantile(self.path_latencies(reference), q)
 
     def chunks(self) -> int:
         return self.runs[SIDECAR].received_events
@@ -858,7 +862,7 @@ class Result:
             return []
         through = self.runs[SIDECAR]
         return [
-            (metric, q, histogram_quantile(histogram, q), nearest_rank(values, q))
+            (metric, q, sidecar_quantile(histogram, q), true_quantile(values, q))
             for metric, histogram, values in (
                 ("TTFT", self.sidecar.ttft, sorted(through.ttfts)),
                 ("inter-token", self.sidecar.itl, sorted(through.gaps)),
@@ -877,6 +881,38 @@ class Result:
 
     def targets(self) -> list[tuple[str, bool, str]]:
         return [self.latency_target(), accuracy_target(self.accuracy())]
+
+    def cpu_per_chunk(self, run: str) -> float:
+        """CPU seconds per relayed chunk of the proxy process of ``run`` (its whole process); NaN without one."""
+        if run in self.sidecars:
+            seconds = self.sidecars[run].cpu_seconds
+        elif run == NGINX and self.nginx is not None:
+            seconds = self.nginx.cpu_seconds
+        elif run == BYTE_PIPE and self.pipe is not None:
+            seconds = self.pipe.cpu_seconds
+        else:
+            return math.nan
+        return seconds / self.chunks()
+
+    def reference_targets(self) -> list[tuple[str, bool, str]]:
+        """The sidecar against nginx, the reference (none without it): CPU per chunk and added p99 latency."""
+        if self.nginx is None or NGINX not in self.runs:
+            return []
+        sidecar_cpu, nginx_cpu = self.cpu_per_chunk(SIDECAR), self.cpu_per_chunk(NGINX)
+        ratio = sidecar_cpu / nginx_cpu if nginx_cpu > 0 else math.inf
+        p99, nginx_p99 = self.shift(SIDECAR, 0.99) * 1000, self.shift(NGINX, 0.99) * 1000
+        return [
+            (
+                f"sidecar CPU per chunk <= {TARGET_CPU_X_NGINX:g}x nginx's",
+                ratio <= TARGET_CPU_X_NGINX,
+                f"{sidecar_cpu * 1e6:.1f} us vs nginx's {nginx_cpu * 1e6:.1f} us per chunk, {ratio:.2f}x",
+            ),
+            (
+                f"sidecar added p99 latency <= nginx's + {TARGET_P99_OVER_NGINX_MS:g} ms",
+                p99 <= nginx_p99 + TARGET_P99_OVER_NGINX_MS,
+                f"{p99:+.3f} ms vs nginx's {nginx_p99:+.3f} ms, {p99 - nginx_p99:+.3f} ms more",
+            ),
+        ]
 
 
 def accuracy_target(accuracy: Sequence[tuple[str, float, float, float]]) -> tuple[str, bool, str]:
@@ -926,7 +962,11 @@ class Rounds:
                 latency[1],
                 f"median of {len(self.results)} rounds: {latency[2]}; with the noise on top, by round: {by_round} ms",
             )
-        return [latency, accuracy_target([row for r in self.results for row in r.accuracy()])]
+        return [
+            latency,
+            accuracy_target([row for r in self.results for row in r.accuracy()]),
+            *[(name, ok, f"median round: {detail}") for name, ok, detail in self.median.reference_targets()],
+        ]
 
 
 def check_runs(
@@ -944,7 +984,7 @@ def check_runs(
             detail += f"; {run.duplicate_indexes} request indexes served twice"
         checks.append(Check(f"every request succeeded ({run.name})", ok, detail))
     direct = runs[DIRECT].responses
-    for name in PROXIED_RUNS:
+    for name in (name for name in PROXIED_RUNS if name in runs):
         through = runs[name].responses
         differing = [i for i in sorted(direct.keys() & through.keys()) if direct[i].body != through[i].body]
         checks.append(
@@ -1044,7 +1084,13 @@ def run(
     seed: int = DEFAULT_SEED,
     progress: Progress | None = None,
     profile: str | None = None,
+    reference: str = "nginx",
 ) -> Result:
+    """One round: every run of ``RUNS`` (without NGINX when ``reference`` is "none")."""
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
+    if reference == "nginx" and find_nginx() is None:
+        raise RuntimeError(NGINX_MISSING)  # before minutes of other runs
     say = progress or (lambda _: None)
     began = time.monotonic()
     config = SyntheticConfig(
@@ -1060,7 +1106,8 @@ def run(
     runs: dict[str, Run] = {}
     reports: dict[str, SidecarReport] = {}
     pipe_report: PipeReport | None = None
-    for name in RUNS:
+    nginx_report: NginxReport | None = None
+    for name in (name for name in RUNS if name != NGINX or reference == "nginx"):
         # A fresh server per run: request indexes start at 0 again, so index i has the same plan in every run.
         with child_process("synthetic", config) as server:
             proxy: tuple[Any, ...]  # the child's role and arguments
@@ -1069,6 +1116,18 @@ def run(
                 proxy = ("sidecar", server.url, SCALE, measure, profile if measure else None)
             elif name == BYTE_PIPE:
                 proxy = ("pipe", server.url)
+            elif name == NGINX:
+                with nginx_proxy(server.url) as nginx:
+                    say(f"{name}: nginx {nginx.url}, upstream {server.url}")
+
+                    def start_both(nginx: Any = nginx, server: Child = server) -> None:
+                        server.start()
+                        nginx.start()
+
+                    window = asyncio.run(_drive(nginx.url, requests, concurrency, ramp, start_both, say, name))
+                    nginx_report = NginxReport(**nginx.stop())
+                runs[name] = make_run(name, window, server.stop())
+                continue
             else:
                 say(f"{name}: upstream {server.url}")
                 window = asyncio.run(_drive(server.url, requests, concurrency, ramp, server.start, say, name))
@@ -1089,13 +1148,28 @@ def run(
                 reports[name] = SidecarReport(**reported)
             runs[name] = make_run(name, window, server.stop())
     checks = check_runs(runs, reports, pipe_report, requests, warm=concurrency)
+    if reference == "nginx":
+        cpu = nginx_report.cpu_seconds if nginx_report is not None else math.nan
+        checks.append(Check(f"nginx's CPU time was read ({NGINX})", cpu > 0, f"{cpu:.3f} s from /proc/PID/stat"))
     described = {
         **machine(),
         "aiohttp": importlib.metadata.version("aiohttp"),
         "httptools": importlib.metadata.version("httptools"),
     }
     described.pop("prometheus-client", None)  # not involved here
-    return Result(requests, concurrency, seed, runs, reports, pipe_report, checks, described, time.monotonic() - began)
+    if nginx_report is not None:
+        described["nginx"] = _nginx_version()
+    seconds = time.monotonic() - began
+    return Result(requests, concurrency, seed, runs, reports, pipe_report, checks, described, seconds, nginx_report)
+
+
+def _nginx_version() -> str:
+    """nginx's version, as ``nginx -v`` prints it ("nginx version: nginx/1.22.1", on stderr)."""
+    binary = find_nginx()
+    if binary is None:
+        return "?"
+    printed = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False).stderr.strip()
+    return printed.rsplit("/", 1)[-1] or "?"
 
 
 # --- reporting ------------------------------------------------------------------------------------------------
@@ -1106,7 +1180,7 @@ def _ms(seconds: float) -> str:
 
 
 def _p(values: Sequence[float], q: float) -> str:
-    return _ms(nearest_rank(values, q))
+    return _ms(true_quantile(values, q))
 
 
 ROUNDS_HEADERS = (
@@ -1114,10 +1188,19 @@ ROUNDS_HEADERS = (
     "sidecar added p50 ms",
     "sidecar added p99 ms",
     "not measuring added p99 ms",
+    "nginx added p99 ms",
     "byte pipe added p99 ms",
     "rig's noise p99 ms",
 )
 CPU_HEADERS = ("process CPU time", "seconds", "us per chunk", "ms per stream")
+REFERENCE_HEADERS = (
+    "against nginx",
+    "proxy CPU us per chunk",
+    "x nginx's CPU",
+    "added p50 ms",
+    "added p99 ms",
+    "added p99 - nginx's ms",
+)
 SHIFT_HEADERS = ("latency per chunk", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms")
 PAIRED_HEADERS = ("paired per chunk", "samples", "p50 ms", "p99 ms", "mean ms", "max ms")
 CLIENT_HEADERS = ("client observed", *(f"{m} p{q * 100:g} ms" for m in ("TTFT", "ITL") for q in QUANTILES))
@@ -1138,9 +1221,32 @@ def cpu_rows(result: Result) -> list[tuple[str, ...]]:
         rows.append(row("sidecar not measuring (relaying only)", relaying.cpu_seconds))
     if measuring is not None and relaying is not None:
         rows.append(row("difference: what measuring costs", measuring.cpu_seconds - relaying.cpu_seconds))
+    if result.nginx is not None:
+        rows.append(row("nginx, the reference (relaying only)", result.nginx.cpu_seconds))
     if result.pipe is not None:
         rows.append(row("byte pipe (no HTTP), for scale", result.pipe.cpu_seconds))
     rows.append(row("synthetic server, for scale (producing the chunks)", result.runs[SIDECAR].server_cpu))
+    return rows
+
+
+def reference_rows(result: Result) -> list[tuple[str, ...]]:
+    """Direct, nginx and the sidecar both ways: the proxy's CPU per chunk and the latency it adds, against nginx's."""
+    if NGINX not in result.runs:
+        return []
+    nginx_cpu, nginx_p99 = result.cpu_per_chunk(NGINX), result.shift(NGINX, 0.99)
+    rows = [(DIRECT, "-", "-", "-", "-", "-")]
+    for name in (NGINX, SIDECAR, RELAY_ONLY):
+        cpu = result.cpu_per_chunk(name)
+        rows.append(
+            (
+                name,
+                f"{cpu * 1e6:,.1f}",
+                f"{cpu / nginx_cpu:.2f}" if nginx_cpu > 0 else "n/a",
+                f"{result.shift(name, 0.5) * 1000:+,.3f}",
+                f"{result.shift(name, 0.99) * 1000:+,.3f}",
+                f"{(result.shift(name, 0.99) - nginx_p99) * 1000:+,.3f}",
+            )
+        )
     return rows
 
 
@@ -1149,7 +1255,7 @@ def rounds_rows(rounds: Rounds) -> list[tuple[str, ...]]:
     median = rounds.median
 
     def ms(result: Result, run: str, q: float) -> str:
-        return f"{result.shift(run, q) * 1000:+,.3f}"
+        return f"{result.shift(run, q) * 1000:+,.3f}" if run in result.runs else "-"
 
     return [
         (
@@ -1157,6 +1263,7 @@ def rounds_rows(rounds: Rounds) -> list[tuple[str, ...]]:
             ms(result, SIDECAR, 0.5),
             ms(result, SIDECAR, 0.99),
             ms(result, RELAY_ONLY, 0.99),
+            ms(result, NGINX, 0.99),
             ms(result, BYTE_PIPE, 0.99),
             ms(result, DIRECT_AGAIN, 0.99),
         )
@@ -1167,7 +1274,7 @@ def rounds_rows(rounds: Rounds) -> list[tuple[str, ...]]:
 def shift_rows(result: Result) -> list[tuple[str, ...]]:
     """Per run: the quantiles of its chunks' path latency, and how far they moved from direct's."""
     rows = []
-    for name in RUNS:
+    for name in result.runs:
         label = f"{name} (the rig's noise)" if name == DIRECT_AGAIN else name
         values = result.path_latencies(name)
         shifts = ("-", "-") if name == DIRECT else tuple(f"{result.shift(name, q) * 1000:+,.3f}" for q in (0.5, 0.99))
@@ -1201,7 +1308,7 @@ def paired_rows(result: Result) -> list[tuple[str, ...]]:
 
 def client_rows(result: Result) -> list[tuple[str, ...]]:
     rows = []
-    for name in RUNS:
+    for name in result.runs:
         ttfts, gaps = sorted(result.runs[name].ttfts), sorted(result.runs[name].gaps)
         rows.append((name, *(_p(ttfts, q) for q in QUANTILES), *(_p(gaps, q) for q in QUANTILES)))
     return rows
@@ -1217,8 +1324,7 @@ def accuracy_rows(result: Result) -> list[tuple[str, ...]]:
 def load(result: Result) -> str:
     """CPU use while measuring, per run, in cores: the bench's processes, and everything else on the machine."""
     parts = []
-    for name in RUNS:
-        run = result.runs[name]
+    for name, run in result.runs.items():
         wall = run.window.seconds or math.nan
         ours = run.window.client_cpu + run.server_cpu
         detail = f"client {run.window.client_cpu / wall:.2f}, server {run.server_cpu / wall:.2f}"
@@ -1228,6 +1334,9 @@ def load(result: Result) -> str:
         elif name == BYTE_PIPE and result.pipe is not None:
             ours += result.pipe.cpu_seconds
             detail += f", pipe {result.pipe.cpu_seconds / wall:.2f}"
+        elif name == NGINX and result.nginx is not None:
+            ours += result.nginx.cpu_seconds
+            detail += f", nginx {result.nginx.cpu_seconds / wall:.2f}"
         others = "n/a" if run.window.machine_cpu is None else f"{max(run.window.machine_cpu - ours, 0) / wall:.2f}"
         parts.append(f"{name} {detail}, other processes {others}")
     return (
@@ -1272,8 +1381,8 @@ def notes(result: Result) -> list[str]:
         " [DONE]."
     )
     out.append(
-        f"Sidecar quantiles: the nearest rank read from its exported exponential histogram (scale {SCALE}), as the"
-        " geometric midpoint of the bucket holding it (within 0.14% of any value in the bucket). Client quantiles:"
+        f"Sidecar quantiles: what Prometheus 3 answers (histogram_quantile) for its exported exponential histogram"
+        f" (scale {SCALE}), inside the bucket holding the rank (within 0.27% of any value in it). Client quantiles:"
         " the nearest rank of the exact values."
     )
     return out
@@ -1290,7 +1399,7 @@ def report(rounds: Rounds) -> str:
     median, count = rounds.median, len(rounds.results)
     lines = [
         f"{count} round(s) of {median.requests:,} streams per run, {median.concurrency} concurrent, runs:"
-        f" {', '.join(RUNS)}; seed {median.seed}, {sum(r.seconds for r in rounds.results):.0f} s in all",
+        f" {', '.join(median.runs)}; seed {median.seed}, {sum(r.seconds for r in rounds.results):.0f} s in all",
         "",
     ]
     if count > 1:
@@ -1302,6 +1411,7 @@ def report(rounds: Rounds) -> str:
         "",
         text_table(CPU_HEADERS, cpu_rows(median)),
         "",
+        *([text_table(REFERENCE_HEADERS, reference_rows(median)), ""] if reference_rows(median) else []),
         text_table(CLIENT_HEADERS, client_rows(median)),
         "",
         text_table(ACCURACY_HEADERS, accuracy_rows(median)),
@@ -1318,7 +1428,7 @@ def markdown_figures(rounds: Rounds, command: str) -> str:
     median, count = rounds.median, len(rounds.results)
     workload = (
         f"{count} round(s) of {median.requests:,} streamed chat completions per run,"
-        f" {median.concurrency} at a time; runs: {', '.join(RUNS)}; each against a fresh synthetic server: seed"
+        f" {median.concurrency} at a time; runs: {', '.join(median.runs)}; each against a fresh synthetic server: seed"
         f" {median.seed}, TTFT `{TTFT}`, inter-token `{INTER_TOKEN}`, {lo}-{hi} tokens; {median.chunks():,} chunks"
         f" per run; {sum(r.seconds for r in rounds.results):.0f} s in all."
     )
@@ -1332,6 +1442,7 @@ def markdown_figures(rounds: Rounds, command: str) -> str:
         "",
         *markdown_table(CPU_HEADERS, cpu_rows(median)),
         "",
+        *([*markdown_table(REFERENCE_HEADERS, reference_rows(median)), ""] if reference_rows(median) else []),
         *markdown_table(CLIENT_HEADERS, client_rows(median)),
         "",
         *markdown_table(ACCURACY_HEADERS, accuracy_rows(median)),
@@ -1365,6 +1476,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"times to run the whole comparison; the latency target is judged on the median (default"
         f" {DEFAULT_ROUNDS})",
     )
+    parser.add_argument(
+        "--reference",
+        choices=REFERENCES,
+        default="nginx",
+        help="the reference proxy run alongside, for the CPU and latency targets: nginx (Debian's, or $NGINX_BIN), or"
+        " none (default nginx)",
+    )
     parser.add_argument("--markdown", type=Path, metavar="PATH", help="rewrite the figures section of this file")
     parser.add_argument(
         "--profile",
@@ -1375,6 +1493,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.profile and args.markdown:
         parser.error("--profile distorts the figures: it cannot be combined with --markdown")
+    if args.reference == "nginx" and find_nginx() is None:
+        print(f"sidecar: {NGINX_MISSING}", file=sys.stderr)
+        return 2
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -1383,7 +1504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i in range(args.rounds):
         if args.rounds > 1:
             progress(f"sidecar: round {i + 1} of {args.rounds}")
-        results.append(run(args.requests, args.concurrency, args.seed, progress, args.profile if i == 0 else None))
+        profile = args.profile if i == 0 else None
+        results.append(run(args.requests, args.concurrency, args.seed, progress, profile, args.reference))
     rounds = Rounds(results)
     print(report(rounds))
     if not rounds.passed:
@@ -1393,12 +1515,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress(f"sidecar: profile of the sidecar process written to {args.profile}")
     if args.markdown is not None:
         command = "make bench"
-        workload = (args.requests, args.concurrency, args.seed, args.rounds)
-        if workload != (DEFAULT_REQUESTS, DEFAULT_CONCURRENCY, DEFAULT_SEED, DEFAULT_ROUNDS):
+        workload = (args.requests, args.concurrency, args.seed, args.rounds, args.reference)
+        if workload != (DEFAULT_REQUESTS, DEFAULT_CONCURRENCY, DEFAULT_SEED, DEFAULT_ROUNDS, "nginx"):
             command = (
                 f"python -m bench.sidecar --requests {args.requests} --concurrency {args.concurrency}"
                 f" --seed {args.seed} --rounds {args.rounds}"
-            )
+            ) + (f" --reference {args.reference}" if args.reference != "nginx" else "")
         write_markdown(args.markdown, markdown_figures(rounds, command), begin=BEGIN, end=END, heading=SECTION_HEADING)
         progress(f"sidecar: figures written to {args.markdown}")
     return 0

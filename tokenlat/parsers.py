@@ -152,6 +152,21 @@ class StreamParser:
             return out
         if type(chunk) is not bytes:  # bytearray, memoryview: one copy, and the rest of the path stays bytes-only
             chunk = bytes(chunk)
+        if (
+            chunk.startswith(b"data: ")
+            and chunk.endswith(b"\n\n")
+            and self._sse
+            and not (self._buf or self._data or self._event_name or self._skip_lf or self._first_line)
+            and not (self._discarding or self._poisoned)
+            and chunk.count(b"\n") == 2
+            and b"\r" not in chunk
+            and len(chunk) - 2 <= self._max
+        ):
+            # The sidecar's common case: one whole event, "data: PAYLOAD" and a blank line, in one chunk, with
+            # nothing carried over. What the general path below makes of it, without splitting it into lines
+            # (a sixth of what parsing a token chunk costs).
+            self._payload(chunk[6:-2], b"", out)
+            return out
         # splitlines splits bytes on \n, \r\n and \r only, in C, in one pass: no re-scanning of earlier data.
         pieces = chunk.splitlines(keepends=True)
         start = 0

@@ -19,7 +19,8 @@ import pytest
 from bench import sidecar as bench
 from bench.hot_path import Check
 
-TINY = ["--requests", "20", "--concurrency", "10", "--rounds", "2"]
+# No reference proxy: nginx is not a unit-test dependency (tests/e2e/test_bench_nginx.py runs the bench with it).
+TINY = ["--requests", "20", "--concurrency", "10", "--rounds", "2", "--reference", "none"]
 
 
 @dataclasses.dataclass
@@ -71,7 +72,8 @@ def test_tiny_run_passes_every_correctness_check(tiny: TinyRun) -> None:
     assert result.checks, "no correctness checks ran"
     assert all(c.ok for c in result.checks), [c for c in result.checks if not c.ok]
     # Every run served the same 20 request indexes (after the 10 warm-up streams), and the sidecar measured them.
-    assert set(result.runs) == set(bench.RUNS)
+    assert set(result.runs) == set(bench.RUNS) - {bench.NGINX}
+    assert result.nginx is None and not result.reference_targets()
     assert all(set(run.responses) == set(range(10, 30)) for run in result.runs.values())
     assert set(result.sidecars) == set(bench.SIDECAR_RUNS)
     assert result.sidecar is not None and result.sidecar.ttft["count"] == 20
@@ -98,7 +100,8 @@ def test_main_writes_the_figures_between_the_markers(tiny: TinyRun) -> None:
     assert "| through the sidecar - direct | " in figures  # paired
     assert "| through a byte pipe (no HTTP) | " in figures  # the floor of a proxy hop
     assert "| sidecar (measuring) | " in figures
-    assert "python -m bench.sidecar --requests 20 --concurrency 10 --seed 7 --rounds 2" in figures
+    assert "python -m bench.sidecar --requests 20 --concurrency 10 --seed 7 --rounds 2 --reference none" in figures
+    assert "against nginx" not in figures and "| nginx added p99 ms |" in figures  # "-" in every round
     assert figures.count(" (median) |") == 1  # one of the two rounds, named
     assert "**FAILED**" not in figures
     # Whether each target was met is computed and written, either way.
@@ -150,14 +153,15 @@ def test_rounds_judge_latency_on_the_median_round_and_checks_on_every_round(tiny
     assert "+5.00%" in bench.Rounds([exact, off]).targets()[1][2]
 
 
-def test_histogram_quantile_reads_the_rank_from_the_buckets() -> None:
+def test_sidecar_quantile_is_what_prometheus_3_answers_for_its_histogram() -> None:
     # Scale 0: bucket i holds (2**i, 2**(i+1)]. Two zeros, then 1 value in (1, 2], 3 in (2, 4], 4 in (8, 16].
     h = {"scale": 0, "zero_count": 2, "count": 10, "sum": 0.0, "offset": 0, "bucket_counts": [1, 3, 0, 4]}
-    assert bench.histogram_quantile(h, 0.1) == 0.0  # rank 1: a zero
-    assert bench.histogram_quantile(h, 0.3) == pytest.approx(2**0.5)  # rank 3: (1, 2], geometric midpoint
-    assert bench.histogram_quantile(h, 0.5) == pytest.approx(2**1.5)  # rank 5: (2, 4]
-    assert bench.histogram_quantile(h, 0.99) == pytest.approx(2**3.5)  # rank 10: (8, 16]
-    assert math.isnan(bench.histogram_quantile({**h, "count": 0}, 0.5))
+    assert bench.sidecar_quantile(h, 0.1) == 0.0  # rank 1: a zero
+    assert bench.sidecar_quantile(h, 0.3) == pytest.approx(2.0)  # rank 3 ends (1, 2]
+    # q >= 0.5 counted from the top, interpolated in log2: rank 5 from the top is 2 of 3 down into (2, 4].
+    assert bench.sidecar_quantile(h, 0.5) == pytest.approx(2 ** (5 / 3))
+    assert bench.sidecar_quantile(h, 0.99) == pytest.approx(2**3.975)  # 0.1 of 4 below the top of (8, 16]
+    assert math.isnan(bench.sidecar_quantile({**h, "count": 0, "zero_count": 0, "bucket_counts": []}, 0.5))
 
 
 def test_histogram_delta_leaves_only_what_came_after() -> None:
@@ -165,12 +169,3 @@ def test_histogram_delta_leaves_only_what_came_after() -> None:
     after = {"scale": 8, "zero_count": 1, "count": 9, "sum": 3.5, "offset": 9, "bucket_counts": [1, 2, 1, 0, 4]}
     delta = bench._histogram_delta(after, before)
     assert delta == {"scale": 8, "zero_count": 0, "count": 5, "sum": 2.5, "offset": 9, "bucket_counts": [1, 0, 0, 0, 4]}
-
-
-def test_nearest_rank() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert bench.nearest_rank(values, 0.5) == 50.0
-    assert bench.nearest_rank(values, 0.99) == 99.0
-    assert bench.nearest_rank(values, 1.0) == 100.0
-    assert bench.nearest_rank([3.0], 0.01) == 3.0
-    assert math.isnan(bench.nearest_rank([], 0.5))

@@ -85,6 +85,29 @@ def test_any_chunking_gives_the_same_events(case: Case, data: st.DataObject) -> 
     assert stats == ParserStats(events=len(case.events))
 
 
+def _after_blank_lines(data: bytes) -> list[int]:
+    """Cuts right after every blank line: each SSE event in a chunk of its own, as the sidecar usually reads them."""
+    return [i + 2 for i in range(len(data) - 1) if data[i : i + 2] == b"\n\n"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_an_event_a_chunk_gives_the_same_events(case: Case) -> None:
+    # StreamParser.feed takes a shortcut for a chunk that is one whole "data: ..." event: it must agree with the
+    # general path, which the whole stream in one chunk takes.
+    events, stats = run(case.fmt, chunk_at(case.stream, _after_blank_lines(case.stream)))
+    assert events == case.events
+    assert stats == ParserStats(events=len(case.events))
+
+
+def test_the_shortcut_is_taken_for_a_whole_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = make_parser("openai")
+    event = 'data: {"model": "m", "choices": [{"delta": {"content": "a"}}]}'
+    first = parser.feed(sse(event))  # the first line takes the general path: it may open with a byte-order mark
+    monkeypatch.setattr(StreamParser, "_line", lambda *args: pytest.fail("the general path ran"))
+    later = parser.feed(sse(event))
+    assert first == later == [E(1, model="m")]
+
+
 # -- SSE framing ----------------------------------------------------------------------------------------------
 
 
@@ -333,6 +356,8 @@ _SOUP = st.lists(
 )
 def test_fuzz_never_raises_and_is_chunking_invariant(body: bytes, fmt: str, limit: int, cuts: list[int]) -> None:
     whole_events, whole_stats = run(fmt, [body], max_line_bytes=limit)
+    # An event a chunk, where the shortcut of a whole event applies, gives the same as the whole body at once.
+    assert run(fmt, chunk_at(body, _after_blank_lines(body)), max_line_bytes=limit) == (whole_events, whole_stats)
     parser = make_parser(fmt, max_line_bytes=limit)
     events: list[StreamEvent] = []
     for chunk in chunk_at(body, [c for c in cuts if c <= len(body)]):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gzip
 import hashlib
 import itertools
@@ -43,23 +44,23 @@ from tests.conftest import REPO
 from tests.otel_helpers import CapturingExporter
 from tests.streams import CASES, Case, completing_bytes
 from tests.subprocesses import read_line, stop
-from tokenlat import http1, semconv
-from tokenlat import sidecar as sidecar_module
+from tokenlat import semconv
 from tokenlat.configure import Telemetry, configure
 from tokenlat.sidecar import (
     HEALTH_PATH,
     STATS_PATH,
+    UNRECOGNISED_STREAMS,
     UPSTREAM_ERROR,
     UPSTREAM_RESET,
     UPSTREAM_UNAVAILABLE,
+    Sidecar,
     SidecarStats,
-    begin_drain,
-    create_sidecar_app,
+    http1,
     operation_name,
-    serve_sidecar,
-    sidecar_stats,
     validate_upstream,
 )
+from tokenlat.sidecar.measure import Exchange
+from tokenlat.sidecar.protocol import ClientProtocol
 from tokenlat_cli.main import cli
 from tokenlat_cli.verify import synthetic
 from tokenlat_cli.verify.synthetic import Distribution, ServerStats, SyntheticConfig, token_text
@@ -191,29 +192,36 @@ async def running_upstream(handler: Handler) -> AsyncIterator[str]:
 
 
 @dataclass
-class Sidecar:
+class Served:
+    """A sidecar serving on 127.0.0.1, its URL, and how long its shutdown lets streams drain."""
+
     url: str
-    app: web.Application
-    runner: web.AppRunner
+    sidecar: Sidecar
+    drain_timeout: float
 
     @property
     def stats(self) -> SidecarStats:
-        return sidecar_stats(self.app)
+        return self.sidecar.stats
+
+    async def shutdown(self) -> None:
+        """As ``tokenlat sidecar`` does on SIGTERM: drain, then close."""
+        await self.sidecar.drain(self.drain_timeout)
+        await self.sidecar.close()
 
 
-async def start_sidecar(upstream: str, otel: Otel, drain_timeout: float = 5.0, **options: Any) -> Sidecar:
-    app = create_sidecar_app(upstream, otel.telemetry.metrics, **options)
-    runner, port = await serve_sidecar(app, "127.0.0.1", 0, drain_timeout=drain_timeout)
-    return Sidecar(f"http://127.0.0.1:{port}", app, runner)
+async def start_sidecar(upstream: str, otel: Otel, drain_timeout: float = 5.0, **options: Any) -> Served:
+    sidecar = Sidecar(upstream, otel.telemetry.metrics, **options)
+    port = await sidecar.start("127.0.0.1", 0)
+    return Served(f"http://127.0.0.1:{port}", sidecar, drain_timeout)
 
 
 @asynccontextmanager
-async def running_sidecar(upstream: str, otel: Otel, **options: Any) -> AsyncIterator[Sidecar]:
-    sidecar = await start_sidecar(upstream, otel, **options)
+async def running_sidecar(upstream: str, otel: Otel, **options: Any) -> AsyncIterator[Served]:
+    served = await start_sidecar(upstream, otel, **options)
     try:
-        yield sidecar
+        yield served
     finally:
-        await sidecar.runner.cleanup()
+        await served.shutdown()
 
 
 def raw_session() -> aiohttp.ClientSession:
@@ -444,7 +452,7 @@ def test_each_chunk_is_relayed_before_it_is_measured(otel: Otel, monkeypatch: py
     # Measuring (parsing, recording) must never delay a chunk on its way to the client: it runs after the write,
     # with the time the chunk arrived.
     log: list[tuple[str, bytes]] = []
-    write, feed = sidecar_module._Client.write, sidecar_module._Exchange.feed
+    write, feed = ClientProtocol.write, Exchange.feed
 
     def logged_write(self: Any, data: bytes) -> None:
         log.append(("relayed", data))
@@ -454,8 +462,8 @@ def test_each_chunk_is_relayed_before_it_is_measured(otel: Otel, monkeypatch: py
         log.append(("measured", http1.chunk(chunk)))  # as the client got it: the synthetic server streams chunked
         feed(self, chunk, arrived)
 
-    monkeypatch.setattr(sidecar_module._Client, "write", logged_write)
-    monkeypatch.setattr(sidecar_module._Exchange, "feed", logged_feed)
+    monkeypatch.setattr(ClientProtocol, "write", logged_write)
+    monkeypatch.setattr(Exchange, "feed", logged_feed)
 
     async def one(session: aiohttp.ClientSession, url: str) -> None:
         async with session.post(url + CHAT, json=chat_body()) as resp:
@@ -752,7 +760,7 @@ def test_an_unrecognised_stream_is_relayed_counted_and_warned_about_once(
     assert "/a/stream" in warnings[0] and "/b/stream" in warnings[1]
     assert all("--format" in w and "text/event-stream" in w and "secret" not in w for w in warnings)
     metrics = otel.collect()
-    (point,) = points(metrics, sidecar_module.UNRECOGNISED_STREAMS)
+    (point,) = points(metrics, UNRECOGNISED_STREAMS)
     assert point.value == 123
     assert points(metrics, semconv.TIME_TO_FIRST_TOKEN) == []
 
@@ -810,7 +818,7 @@ def test_health_stats_and_the_reserved_prefix(otel: Otel) -> None:
             assert reserved.status == 404
             assert upstream_stats.started == 1 and sidecar.stats.requests == 1
 
-            begin_drain(sidecar.app)
+            sidecar.sidecar.begin_drain()
             assert (await fetch(s, "GET", sidecar.url + HEALTH_PATH)).status == 503
             assert (await fetch(s, "POST", sidecar.url + CHAT, json=chat_body())).status == 503
             assert sidecar.stats.rejected == 1 and upstream_stats.started == 1
@@ -827,7 +835,7 @@ def test_shutdown_drains_in_flight_streams(otel: Otel) -> None:
                 resp = await session.post(sidecar.url + CHAT, json=chat_body())
                 first = await resp.content.readline()
                 assert first.startswith(b"data: ")
-                shutdown = asyncio.create_task(sidecar.runner.cleanup())
+                shutdown = asyncio.create_task(sidecar.shutdown())
                 await until(lambda: not accepts(port), "the sidecar stops accepting connections")
                 rest = await resp.read()
                 resp.release()
@@ -840,6 +848,29 @@ def test_shutdown_drains_in_flight_streams(otel: Otel) -> None:
     metrics = otel.collect()
     assert error_types(metrics) == [None]
     assert output_tokens(metrics) == 40
+
+
+def test_close_after_the_drain_timeout_cuts_what_is_left(otel: Otel) -> None:
+    async def body() -> bytes:
+        async with running_synthetic(SLOW) as (upstream, _):
+            sidecar = await start_sidecar(upstream, otel)
+            async with aiohttp.ClientSession() as session:
+                resp = await session.post(sidecar.url + CHAT, json=chat_body())
+                first = await resp.content.readline()
+                assert first.startswith(b"data: ")
+                # The stream has some 400 ms to go: a drain of 50 ms ends with it in flight, and close cuts it.
+                assert await sidecar.sidecar.drain(0.05) is False
+                assert sidecar.stats.in_flight == 1
+                await sidecar.sidecar.close()
+                assert sidecar.stats.in_flight == 0 and sidecar.stats.client_disconnects == 1
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await resp.read()  # the client sees a broken stream, not a complete one
+                resp.release()
+                await sidecar.sidecar.close()  # idempotent
+            return first
+
+    run(body)
+    assert error_types(otel.collect()) == ["cancelled"]
 
 
 def accepts(port: int) -> bool:
@@ -879,6 +910,70 @@ async def raw_request(url: str, data: bytes) -> bytes:
         return await asyncio.wait_for(reader.read(), POLL_DEADLINE_S)
     finally:
         writer.close()
+
+
+class RecvUpstream:
+    """An upstream on a plain blocking socket in a thread, noting what each ``recv`` returned: what the sidecar's
+    writes became on the wire (an asyncio upstream in the test's loop would read both of two writes at once)."""
+
+    RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.reads: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):  # the listening socket closed: the test is over
+            while True:
+                conn, _ = self.sock.accept()
+                threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            pending = b""
+            while data := conn.recv(65536):
+                self.reads.append(data)
+                pending += data
+                while b"\r\n\r\n" in pending:  # answer every complete request, however it arrived
+                    head, rest = pending.split(b"\r\n\r\n", 1)
+                    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+                    if len(rest) < length:
+                        break
+                    pending = rest[length:]
+                    conn.sendall(self.RESPONSE)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_small_requests_head_and_body_reach_the_upstream_in_one_read(otel: Otel) -> None:
+    # The request head and the body parsed from the same read of the client go upstream as one write, also on a
+    # kept-alive connection from the pool (where the head used to leave before its body was parsed).
+    upstream = RecvUpstream()
+    body = json.dumps(chat_body(stream=False)).encode()
+
+    async def requests() -> None:
+        async with (
+            running_sidecar(upstream.url, otel) as sidecar,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session,
+        ):
+            for _ in range(20):
+                async with session.post(
+                    sidecar.url + CHAT, data=body, headers={"Content-Type": "application/json"}
+                ) as r:
+                    assert (r.status, await r.read()) == (200, b"ok")
+            assert len(sidecar.sidecar.pool.idle) == 1  # one upstream connection, reused by every request
+
+    try:
+        run(requests)
+    finally:
+        upstream.close()
+    assert len(upstream.reads) == 20
+    for read in upstream.reads:
+        assert read.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n") and read.endswith(b"\r\n\r\n" + body)
 
 
 def test_pipelined_requests_are_answered_in_order(otel: Otel) -> None:
@@ -955,10 +1050,10 @@ def test_client_connections_send_small_writes_at_once(otel: Otel) -> None:
             host, port = sidecar.url.removeprefix("http://").split(":")
             _, writer = await asyncio.open_connection(host, int(port))
             try:
-                await until(lambda: bool(sidecar.app.clients), "the sidecar has the connection")
+                await until(lambda: bool(sidecar.sidecar.connections), "the sidecar has the connection")
                 return [
                     client.transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-                    for client in sidecar.app.clients
+                    for client in sidecar.sidecar.connections
                     if client.transport is not None
                 ]
             finally:
@@ -1040,7 +1135,7 @@ def test_upstream_path_prefix_is_kept(otel: Otel) -> None:
 
 def test_unknown_format_is_rejected(otel: Otel) -> None:
     with pytest.raises(ValueError, match="unknown format 'sse'"):
-        create_sidecar_app("http://127.0.0.1:1", otel.telemetry.metrics, fmt="sse")
+        Sidecar("http://127.0.0.1:1", otel.telemetry.metrics, fmt="sse")
 
 
 # --------------------------------------------------------------------------- command line

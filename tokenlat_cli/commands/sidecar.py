@@ -9,11 +9,10 @@ import signal
 import click
 
 import tokenlat
+from tokenlat import listening
 from tokenlat.detect import DETECT_BYTES
 from tokenlat.parsers import FORMATS
-from tokenlat.sidecar import begin_drain, create_sidecar_app, serve_sidecar, validate_upstream
-
-LISTENING_PREFIX = "tokenlat sidecar listening on "
+from tokenlat.sidecar import LISTENING_NAME, Sidecar, validate_upstream
 
 
 def _upstream(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -48,10 +47,6 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
         raise click.BadParameter(str(exc)) from None
 
 
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 async def _run(
     telemetry: tokenlat.Telemetry,
     upstream: str,
@@ -69,7 +64,7 @@ async def _run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
             loop.add_signal_handler(signum, stop.set)
-    app = create_sidecar_app(
+    sidecar = Sidecar(
         upstream,
         telemetry.metrics,
         fmt=fmt,
@@ -78,15 +73,15 @@ async def _run(
         provider=provider,
         detect_bytes=detect_bytes,
     )
-    runner, bound = await serve_sidecar(app, host, port, drain_timeout=drain_timeout)
+    bound = await sidecar.start(host, port)
     try:
-        click.echo(f"{LISTENING_PREFIX}{_url(host, bound)} -> {upstream}")
+        click.echo(listening.line(LISTENING_NAME, host, bound, upstream))
         click.get_text_stream("stdout").flush()  # a supervisor (or a test) waits for this line
         await stop.wait()
-        begin_drain(app)
+        sidecar.begin_drain()  # health answers 503 at once: a load balancer stops sending here
+        await sidecar.drain(drain_timeout)  # stops listening, lets in-flight streams finish
     finally:
-        # Stops listening, lets in-flight streams finish for up to drain_timeout, then closes.
-        await runner.cleanup()
+        await sidecar.close()  # cuts what is left (cancelled), closes every connection
 
 
 @click.command()
@@ -181,7 +176,7 @@ def sidecar(
             )
         )
     except OSError as exc:  # the port is taken, the host does not resolve ...
-        raise click.ClickException(f"cannot listen on {_url(host, port)}: {exc}") from None
+        raise click.ClickException(f"cannot listen on {listening.url(host, port)}: {exc}") from None
     except KeyboardInterrupt:  # a SIGINT before the handlers were installed
         pass
     finally:

@@ -7,8 +7,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokenlat import listening
+from tokenlat.sidecar import LISTENING_PREFIX as SIDECAR_LISTENING_PREFIX
 from tokenlat_cli.collector import find_collector
-from tokenlat_cli.commands.sidecar import LISTENING_PREFIX as SIDECAR_LISTENING_PREFIX
 from tokenlat_cli.verify.load import SYNTHETIC_SERVER_ARGS
 from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, free_port, http_ok
 from tokenlat_cli.verify.synthetic import LISTENING_PREFIX
@@ -63,15 +64,13 @@ def _start_listening(
     process = group.start(name, argv, log_path, env=env)
     found: list[str] = []
 
-    def listening() -> bool:
-        for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith(prefix):
-                # "... listening on URL" or "... listening on URL -> UPSTREAM"
-                found.append(line[len(prefix) :].split(" -> ")[0].strip())
-                return True
-        return False
+    def announced() -> bool:
+        url = listening.parse(log_path.read_text(encoding="utf-8", errors="replace"), prefix)
+        if url is not None:
+            found.append(url)
+        return url is not None
 
-    process.wait_until(listening, START_TIMEOUT, "listening")
+    process.wait_until(announced, START_TIMEOUT, "listening")
     return ListeningService(process, found[0])
 
 

@@ -25,7 +25,6 @@ import logging
 import math
 import random
 import signal
-import socket
 import sys
 import time
 import warnings
@@ -35,6 +34,8 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.log import access_logger
+
+from tokenlat import listening
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -55,7 +56,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "tokenlat-synthetic"
 #: Callers wait for a stdout line starting with this before talking to the server.
-LISTENING_PREFIX = "tokenlat-synthetic listening on "
+LISTENING_NAME = "tokenlat-synthetic"
+LISTENING_PREFIX = listening.prefix(LISTENING_NAME)
 #: The function a tool-calling reply calls; its arguments are ``{"query": "<the tool-call tokens' text>"}``.
 TOOL_NAME = "lookup"
 
@@ -590,17 +592,6 @@ def create_app(config: SyntheticConfig | None = None) -> web.Application:
     return app
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """One listening socket, so that port 0 yields exactly one well-defined port.
-
-    (aiohttp's TCPSite binds every address a host name resolves to, each with its
-    own ephemeral port when asked for port 0.)
-    """
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, address = infos[0]
-    return socket.create_server(address, family=family)
-
-
 async def serve(
     config: SyntheticConfig, host: str = "127.0.0.1", port: int = 0, *, access_log: bool = False
 ) -> tuple[web.AppRunner, int]:
@@ -612,7 +603,9 @@ async def serve(
         shutdown_timeout=_SHUTDOWN_TIMEOUT_S,
     )
     await runner.setup()
-    sock = _bind(host, port)
+    # One socket of our own: aiohttp's TCPSite binds every address a host name resolves to, each with its own
+    # ephemeral port when asked for port 0.
+    sock = listening.bind(host, port)
     try:
         await web.SockSite(runner, sock).start()
     except BaseException:
@@ -725,10 +718,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 async def _run(config: SyntheticConfig, host: str, port: int, access_log: bool) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -737,7 +726,7 @@ async def _run(config: SyntheticConfig, host: str, port: int, access_log: bool) 
             loop.add_signal_handler(signum, stop.set)
     runner, bound_port = await serve(config, host, port, access_log=access_log)
     try:
-        print(f"{LISTENING_PREFIX}{_url(host, bound_port)}", flush=True)
+        print(listening.line(LISTENING_NAME, host, bound_port), flush=True)
         await stop.wait()
     finally:
         await runner.cleanup()

@@ -34,6 +34,12 @@ def header(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
+def header_text(headers: Headers, name: bytes) -> str | None:
+    """``header`` as text: latin-1, which maps every byte, as field values are bytes on the wire."""
+    value = header(headers, name)
+    return None if value is None else value.decode("latin-1")
+
+
 def end_to_end(headers: Headers, drop: Iterable[bytes] = ()) -> list[tuple[bytes, bytes]]:
     """``headers`` without the hop-by-hop and framing fields (and ``drop``, lowercase); repeated fields kept."""
     named = {
@@ -63,6 +69,12 @@ def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
 def chunk(data: bytes) -> bytes:
     """``data`` as one chunk of a chunked body (never empty: an empty chunk ends the body)."""
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def json_error(status: int, kind: str, message: str, *, close: bool = False) -> bytes:
+    """An error of the sidecar's own, in OpenAI's error shape, which every OpenAI-compatible client knows how to
+    show."""
+    return json_response(status, {"error": {"message": message, "type": kind, "code": status}}, close=close)
 
 
 def json_response(status: int, payload: Any, *, close: bool = False) -> bytes:
