@@ -16,6 +16,9 @@ _CLIENT_KEY, _INSECURE, OTEL_METRIC_EXPORT_INTERVAL, OTEL_SERVICE_NAME, OTEL_RES
                             or "semconv"; the grammar is in tokenlat.buckets. Render prints a profile's.
     TOKENLAT_USER_ID_KEY    key of the keyed hash of user ids (unset: user ids are dropped)
     TOKENLAT_USER_ID_HASH   "sha256" (default) or "sm3"
+    TOKENLAT_MAX_ATTRIBUTE_SETS
+                            each histogram's cap on distinct attribute sets (default 2000, the SDK's cardinality
+                            limit); beyond it, one overflow set otel.metric.overflow=true (docs/metrics.md)
 
 Arguments win over the environment. It coexists with an application's own OpenTelemetry setup: it builds its
 own providers and leaves the global ones alone unless ``set_global=True``.
@@ -38,7 +41,13 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.util.types import AttributeValue
 
 from tokenlat.buckets import BucketLayout
-from tokenlat.histograms import EXPONENTIAL_SCALE, TokenlatMetricExporter
+from tokenlat.histograms import (
+    DEFAULT_MAX_ATTRIBUTE_SETS,
+    EXPONENTIAL_SCALE,
+    MAX_ATTRIBUTE_SETS_ENV,
+    TokenlatMetricExporter,
+    check_max_attribute_sets,
+)
 from tokenlat.privacy import UserIdHasher
 from tokenlat.recorder import TokenMetrics
 
@@ -94,6 +103,25 @@ def _bool(value: str | None, name: str) -> bool:
     if lowered not in ("true", "false", "1", "0", "yes", "no"):
         raise ConfigurationError(f"{name}: must be true or false, got {value!r}")
     return lowered in ("true", "1", "yes")
+
+
+def _max_attribute_sets(argument: int | None, environ: Mapping[str, str]) -> int:
+    """The argument if given, else TOKENLAT_MAX_ATTRIBUTE_SETS, else the default; the error names which was bad."""
+    if argument is not None:
+        try:
+            return check_max_attribute_sets(argument)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+    text = _env(MAX_ATTRIBUTE_SETS_ENV, environ)
+    if text is None:
+        return DEFAULT_MAX_ATTRIBUTE_SETS
+    try:
+        return check_max_attribute_sets(int(text), MAX_ATTRIBUTE_SETS_ENV)
+    except ValueError:  # not a whole number, or below 1: the message shows the text as it was given
+        raise ConfigurationError(
+            f"{MAX_ATTRIBUTE_SETS_ENV}: must be a whole number of at least 1 (distinct attribute sets per metric), "
+            f"got {text!r}"
+        ) from None
 
 
 def parse_attributes(text: str, name: str = "TOKENLAT_ATTRIBUTES") -> dict[str, AttributeValue]:
@@ -183,6 +211,7 @@ def configure(
     histogram: str | None = None,
     exponential_scale: int = EXPONENTIAL_SCALE,
     buckets: BucketLayout | str | None = None,
+    max_attribute_sets: int | None = None,
     resource_attributes: Mapping[str, AttributeValue] | None = None,
     export_interval_millis: float | None = None,
     tls: TLSFiles | None = None,
@@ -193,7 +222,8 @@ def configure(
 ) -> Telemetry:
     """Build the providers and a TokenMetrics. ``tls`` sets the OTLP exporters' CA and client certificate (mutual
     TLS); ``metric_exporter``/``span_exporter`` replace the OTLP exporters altogether. ``buckets``: the explicit
-    bucket layout, or its spec (TOKENLAT_BUCKETS)."""
+    bucket layout, or its spec (TOKENLAT_BUCKETS). ``max_attribute_sets``: each histogram's cap on distinct attribute
+    sets (TOKENLAT_MAX_ATTRIBUTE_SETS; default 2000, as the SDK's cardinality limit)."""
     env = os.environ if environ is None else environ
     # The error names the variable the bad value came from (the metrics-specific one wins, as in the SDK).
     protocol_source = next(
@@ -205,6 +235,7 @@ def configure(
     )
     histogram = _choice(histogram or _env("TOKENLAT_HISTOGRAM", env), "TOKENLAT_HISTOGRAM", HISTOGRAMS, "explicit")
     layout = buckets if isinstance(buckets, BucketLayout) else _layout(buckets, env)
+    max_sets = _max_attribute_sets(max_attribute_sets, env)
     want_spans = spans if spans is not None else _bool(_env("TOKENLAT_SPANS", env), "TOKENLAT_SPANS")
     process_attributes = {**parse_attributes(_env("TOKENLAT_ATTRIBUTES", env) or ""), **(attributes or {})}
     try:
@@ -236,5 +267,6 @@ def configure(
         exponential=histogram == "exponential",
         exponential_scale=exponential_scale,
         buckets=layout,
+        max_attribute_sets=max_sets,
     )
     return Telemetry(token_metrics, meter_provider, tracer_provider)

@@ -29,7 +29,13 @@ from opentelemetry.util.types import AttributeValue
 from tokenlat import semconv
 from tokenlat.attributes import AttributePolicy
 from tokenlat.buckets import BucketLayout
-from tokenlat.histograms import EXPONENTIAL_SCALE, MetricStore, RequestGaps
+from tokenlat.histograms import (
+    ATTRIBUTE_OVERFLOW,
+    DEFAULT_MAX_ATTRIBUTE_SETS,
+    EXPONENTIAL_SCALE,
+    MetricStore,
+    RequestGaps,
+)
 from tokenlat.otel_sdk import attach_to_exporters
 from tokenlat.privacy import UserIdHasher
 from tokenlat.timing import RequestTiming
@@ -79,23 +85,43 @@ class TokenMetrics:
         exponential: bool = False,
         exponential_scale: int = EXPONENTIAL_SCALE,
         buckets: BucketLayout | None = None,
+        max_attribute_sets: int = DEFAULT_MAX_ATTRIBUTE_SETS,
         clock: Clock = time.perf_counter,
     ) -> None:
+        """``max_attribute_sets``: each histogram's cap on distinct attribute sets (the SDK's cardinality limit,
+        2,000 by default); observations with further sets go to one overflow set, ``otel.metric.overflow=true``,
+        and their requests are counted in ``tokenlat.attributes.overflow`` (docs/metrics.md)."""
         provider = meter_provider if meter_provider is not None else get_meter_provider()
         self.policy = policy if policy is not None else AttributePolicy()
         # Process-wide attributes (GPU type, quantization ...), filtered once.
         self.attributes = self.policy.filter(attributes or {})
         self.hasher = user_id_hasher
         self.clock = clock
-        self.store = MetricStore(exponential=exponential, scale=exponential_scale, layout=buckets)
-        # The one SDK instrument: observed at collection, never on the request path. It also guarantees that every
-        # collection has SDK data, so the exporter is called and can carry the store's histograms.
+        overflow = Count()
+        self.store = MetricStore(
+            exponential=exponential,
+            scale=exponential_scale,
+            layout=buckets,
+            max_attribute_sets=max_attribute_sets,
+            overflow_count=overflow,
+        )
+        # The SDK instruments are observed at collection, never on the request path. The dropped counter also
+        # guarantees that every collection has SDK data, so the exporter is called and can carry the store's
+        # histograms.
         self._meter = provider.get_meter("tokenlat")
         self._meter.create_observable_counter(
             DROPPED_ATTRIBUTES, [self._observe_dropped], unit="{attribute}",
             description="Attribute keys dropped by the metric attribute allowlist",
         )  # fmt: skip
         self._counters: dict[str, Count] = {}
+        # Exported from the start, at 0, so that an alert on its increase needs no absent() case.
+        self._export(
+            ATTRIBUTE_OVERFLOW,
+            "{request}",
+            "Requests with an observation recorded into the overflow attribute set (otel.metric.overflow=true) "
+            "because a metric had reached its cap of distinct attribute sets",
+            overflow,
+        )
         self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("tokenlat") if spans else None
         if not attach_to_exporters(provider, self.store):
             logger.warning(
@@ -113,10 +139,14 @@ class TokenMetrics:
         """
         counter = self._counters.get(name)
         if counter is None:
-            counter = self._counters[name] = Count()
-            self._meter.create_observable_counter(
-                name, [lambda options: [Observation(counter.value)]], unit=unit, description=description
-            )
+            counter = self._export(name, unit, description, Count())
+        return counter
+
+    def _export(self, name: str, unit: str, description: str, counter: Count) -> Count:
+        self._counters[name] = counter
+        self._meter.create_observable_counter(
+            name, [lambda options: [Observation(counter.value)]], unit=unit, description=description
+        )
         return counter
 
     def request(

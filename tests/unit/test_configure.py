@@ -13,8 +13,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tests.otel_helpers import MODEL, CapturingExporter
 from tokenlat import semconv
 from tokenlat.configure import ConfigurationError, Telemetry, configure, parse_attributes
-from tokenlat.histograms import TokenlatMetricExporter
-from tokenlat.recorder import DROPPED_ATTRIBUTES
+from tokenlat.histograms import DEFAULT_MAX_ATTRIBUTE_SETS, TokenlatMetricExporter
+from tokenlat.recorder import ATTRIBUTE_OVERFLOW, DROPPED_ATTRIBUTES
 
 
 def _inner_exporter(telemetry: Telemetry) -> object:
@@ -84,11 +84,30 @@ def test_arguments_win_over_the_environment() -> None:
         ({"TOKENLAT_SPANS": "maybe"}, "TOKENLAT_SPANS: must be true or false, got 'maybe'"),
         ({"TOKENLAT_ATTRIBUTES": "a=1,b"}, "TOKENLAT_ATTRIBUTES: 'b' is not key=value"),
         ({"TOKENLAT_USER_ID_KEY": "k", "TOKENLAT_USER_ID_HASH": "md5"}, "TOKENLAT_USER_ID_HASH: must be one of"),
+        (
+            {"TOKENLAT_MAX_ATTRIBUTE_SETS": "0"},
+            "TOKENLAT_MAX_ATTRIBUTE_SETS: must be a whole number of at least 1 .* got '0'",
+        ),
+        ({"TOKENLAT_MAX_ATTRIBUTE_SETS": "lots"}, "TOKENLAT_MAX_ATTRIBUTE_SETS: must be a whole number .* got 'lots'"),
+        ({"TOKENLAT_MAX_ATTRIBUTE_SETS": "2e3"}, "TOKENLAT_MAX_ATTRIBUTE_SETS: must be a whole number .* got '2e3'"),
     ],
 )
 def test_bad_settings_name_the_variable(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message.replace("(", r"\(")):
         configure(environ=environ)
+
+
+def test_max_attribute_sets_from_the_environment_or_the_argument() -> None:
+    def cap(environ: dict[str, str], **arguments: int) -> int:
+        telemetry = configure(environ=environ, metric_exporter=CapturingExporter(), **arguments)  # type: ignore[arg-type]
+        telemetry.shutdown()
+        return telemetry.metrics.store.max_attribute_sets
+
+    assert cap({}) == DEFAULT_MAX_ATTRIBUTE_SETS == 2000
+    assert cap({"TOKENLAT_MAX_ATTRIBUTE_SETS": " 5000 "}) == 5000
+    assert cap({"TOKENLAT_MAX_ATTRIBUTE_SETS": "5000"}, max_attribute_sets=300) == 300  # the argument wins
+    with pytest.raises(ConfigurationError, match=r"^max_attribute_sets: must be a whole number .* got -3$"):
+        configure(environ={"TOKENLAT_MAX_ATTRIBUTE_SETS": "10"}, max_attribute_sets=-3)
 
 
 def test_parse_attributes() -> None:
@@ -117,7 +136,7 @@ def _export(histogram: str) -> dict[str, object]:
     telemetry.shutdown()
     names = {spec.name for spec in semconv.ALL_METRICS}
     exported = capture.metrics()
-    assert set(exported) == {*names, DROPPED_ATTRIBUTES}
+    assert set(exported) == {*names, DROPPED_ATTRIBUTES, ATTRIBUTE_OVERFLOW}
     return {name: exported[name].data.data_points[0] for name in names}
 
 

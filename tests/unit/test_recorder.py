@@ -23,7 +23,7 @@ from tokenlat import semconv
 from tokenlat.buckets import BucketLayout
 from tokenlat.histograms import EXPONENTIAL_SCALE, ZERO, explicit_index, exponential_index
 from tokenlat.privacy import UserIdHasher
-from tokenlat.recorder import CANCELLED, DROPPED_ATTRIBUTES, TokenMetrics
+from tokenlat.recorder import ATTRIBUTE_OVERFLOW, CANCELLED, DROPPED_ATTRIBUTES, TokenMetrics
 from tokenlat.stream import instrument
 
 # The default layout's inter-token boundaries (geometric, 5%): what a TokenMetrics records with.
@@ -312,6 +312,19 @@ def test_dropped_attributes_are_exported_as_a_counter(pipeline: Pipeline) -> Non
     pipeline.metrics.request({**MODEL, "http.route": "/x", "pod": "p-1"}).finish()
     (point,) = pipeline.collect()[DROPPED_ATTRIBUTES].data.data_points
     assert point.value == 2
+
+
+def test_the_overflow_counter_is_one_of_the_process_counters() -> None:
+    """The store counts overflowed requests into the counter ``count`` hands out under that name: one per name."""
+    p = Pipeline(max_attribute_sets=1)
+    try:
+        assert p.metrics.count(ATTRIBUTE_OVERFLOW, "{request}", "") is p.metrics.count(ATTRIBUTE_OVERFLOW, "", "")
+        for model in ("a", "b", "c"):
+            p.metrics.request({semconv.GEN_AI_REQUEST_MODEL: model}).finish()
+        (point,) = p.collect()[ATTRIBUTE_OVERFLOW].data.data_points
+        assert point.value == 2 == p.metrics.store.overflowed_requests
+    finally:
+        p.close()
 
 
 def test_exponential_scale_sets_the_resolution() -> None:
