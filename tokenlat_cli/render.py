@@ -16,6 +16,7 @@ from typing import Any
 import jinja2
 
 from tokenlat import semconv
+from tokenlat.histograms import OVERFLOW_ATTRIBUTE
 from tokenlat_cli.profiles import Profile
 
 _ENV_IN_TEXT = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)")
@@ -122,7 +123,10 @@ def template_context(profile: Profile, role: str = "standalone") -> dict[str, An
         if wanted
     ]
     auth = _auth(p) if metrics_pipeline else None
-    allowlist = ", ".join(_ottl_string(key) for key in p["metrics"]["attributes"])
+    # The library's overflow marker passes with the allowlist: without it, the overflow point of a metric at its cap
+    # of attribute sets would reach the backend unlabelled (one bounded boolean, so no cardinality cost).
+    kept = [*p["metrics"]["attributes"], OVERFLOW_ATTRIBUTE]
+    allowlist = ", ".join(_ottl_string(key) for key in dict.fromkeys(kept))
     return {
         "profile": profile,
         "p": p,

@@ -143,3 +143,11 @@ def test_render_native_histograms_cost_one_series_each(runner: CliRunner) -> Non
         assert f"  {semconv.prometheus_name(spec)}: 1 series per attribute set" in result.stderr.splitlines()
     assert "TOKENLAT_HISTOGRAM=exponential" in result.stderr
     assert "#   TOKENLAT_HISTOGRAM=exponential" in result.stdout  # the header tells services too
+
+
+def test_the_overflow_marker_passes_the_allowlist() -> None:
+    # A service at its cap of attribute sets sends one otel.metric.overflow=true point per metric; dropping the key
+    # would merge it into the series without attributes.
+    config = yaml.safe_load(render_collector_config(load_profile("local")))
+    (statement,) = config["processors"]["transform/metric_allowlist"]["metric_statements"][0]["statements"]
+    assert statement.startswith("keep_keys(datapoint.attributes, [") and '"otel.metric.overflow"]' in statement
