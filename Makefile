@@ -11,11 +11,12 @@ THANOS_VERSION := $(shell sed -n 's/^THANOS_VERSION = "\(.*\)"$$/\1/p' tokenlat_
 # The same for Prometheus 3 (a module version: v0.316.0 is Prometheus 3.16.0), pinned in tokenlat_cli/verify/prometheus.py.
 PROMETHEUS3_VERSION := $(shell sed -n 's/^PROMETHEUS3_VERSION = "\(.*\)"$$/\1/p' tokenlat_cli/verify/prometheus.py)
 
-.PHONY: demo test lint collector prometheus prometheus3 victoria-metrics chromium nginx thanos venv configs clean help bench
+.PHONY: demo test stress-stops lint collector prometheus prometheus3 victoria-metrics chromium nginx thanos venv configs clean help bench
 
 help:
 	@echo "make demo        build everything and run 'tokenlat verify --profile local'"
 	@echo "make test        lint, config drift check, unit and end-to-end tests (what CI runs)"
+	@echo "make stress-stops the stop tests N times in a row (N=20)"
 	@echo "make collector   build the ocb distribution (Collector $(OCB_VERSION)) into $(COLLECTOR)"
 	@echo "make thanos      build Thanos $(THANOS_VERSION) (Receive + Query for the thanos profile) into ~/.cache/tokenlat"
 	@echo "make prometheus3 build Prometheus 3 (module $(PROMETHEUS3_VERSION)), verify's default receiver, into ~/.cache/tokenlat"
@@ -69,6 +70,13 @@ lint: venv
 
 test: venv collector prometheus prometheus3 victoria-metrics chromium nginx thanos lint
 	$(BIN)/python -m pytest -v
+
+# The stop tests (SIGTERM, Ctrl-C, SIGKILL of verify and the sidecar) N times in a row: a stop that fails now and
+# then is the bug they are there for. `make test` runs them once; N=100 for a longer soak.
+N ?= 20
+stress-stops: venv collector prometheus3
+	@for i in $$(seq $(N)); do echo "stress-stops: run $$i of $(N)"; \
+		$(BIN)/python -m pytest tests/e2e/test_stops.py -q -p no:cacheprovider || exit 1; done
 
 # CPU per streamed token: naive OTel vs prometheus_client vs tokenlat in one run (well under a minute on 2 cores);
 # then the sidecar: latency and CPU it adds per chunk at 100 concurrent streams, against nginx in the same run, and

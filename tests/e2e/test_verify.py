@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import signal
-import subprocess
-import time
-import weakref
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from tests.conftest import DATA
-from tests.subprocesses import TOKENLAT, verify_subprocess
+from tests.subprocesses import verify_subprocess
 from tokenlat import semconv
 from tokenlat_cli import collector
 from tokenlat_cli.collector import CollectorError, find_collector
-from tokenlat_cli.commands import verify as verify_command
 from tokenlat_cli.main import cli
 from tokenlat_cli.verify.prometheus import Prometheus
 
@@ -218,82 +211,6 @@ def test_a_service_that_dies_on_start_shows_its_log(collector_binary: Path, tmp_
     assert "prometheus exited with code 3 before it was ready" in result.stderr
     assert "err: listen tcp: address already in use" in result.stderr
     assert not list(tmp_path.glob("tokenlat-verify-*"))
-
-
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found: set[int] = set()
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.add(child)
-            stack.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
-def test_sigterm_stops_every_process_and_removes_the_temp_dir(
-    collector_binary: Path, prometheus_binary: Path, tmp_path: Path
-) -> None:
-    proc = subprocess.Popen(
-        [*TOKENLAT, "verify", "--profile", "local", "--requests", "5000", "--concurrency", "20"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-    )
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if line.startswith("[5/7]"):
-                break
-        started = _descendants(proc.pid)
-        assert len(started) >= 3, "Prometheus, the Collector and the synthetic server should be running"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 1
-    assert "interrupted; every started process was stopped" in err
-    deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [pid for pid in started if _alive(pid)]
-    assert not list(tmp_path.glob("tokenlat-verify-*"))
-
-
-def test_sigterm_during_a_finalizer_still_stops_the_load() -> None:
-    # A signal handled while the garbage collector runs a finalizer (urllib3's pools have them) raised
-    # KeyboardInterrupt inside it, where Python swallows it, and verify went on with its load. Inside asyncio.run the
-    # handler now cancels the main task instead.
-    class Pooled:
-        pass
-
-    async def load() -> None:
-        pooled = Pooled()
-        weakref.finalize(pooled, os.kill, os.getpid(), signal.SIGTERM)
-        del pooled  # the finalizer runs here, and the handler inside it
-        await asyncio.sleep(5)
-
-    previous = signal.signal(signal.SIGTERM, verify_command._interrupt)
-    try:
-        with pytest.raises(KeyboardInterrupt):  # not raised when swallowed: the load sleeps on and ends normally
-            asyncio.run(load())
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.mark.parametrize(

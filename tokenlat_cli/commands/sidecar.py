@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 
 import click
 
@@ -13,6 +12,12 @@ from tokenlat import listening
 from tokenlat.detect import DETECT_BYTES
 from tokenlat.parsers import FORMATS
 from tokenlat.sidecar import LISTENING_NAME, Sidecar, validate_upstream
+from tokenlat_cli import stopping
+from tokenlat_cli.stopping import Stopper
+
+#: Seconds the last export gets after the drain, before the Stopper's watchdog ends the process: the OTLP
+#: exporters' own timeout (10 s) with room for their retries.
+FLUSH_ALLOWANCE = 30.0
 
 
 def _upstream(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -61,9 +66,11 @@ async def _run(
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
-            loop.add_signal_handler(signum, stop.set)
+
+    def request_stop() -> None:  # in the Stopper's thread: hand the request to the loop's
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the sidecar has stopped already
+            loop.call_soon_threadsafe(stop.set)
+
     sidecar = Sidecar(
         upstream,
         telemetry.metrics,
@@ -73,15 +80,16 @@ async def _run(
         provider=provider,
         detect_bytes=detect_bytes,
     )
-    bound = await sidecar.start(host, port)
-    try:
-        click.echo(listening.line(LISTENING_NAME, host, bound, upstream))
-        click.get_text_stream("stdout").flush()  # a supervisor (or a test) waits for this line
-        await stop.wait()
-        sidecar.begin_drain()  # health answers 503 at once: a load balancer stops sending here
-        await sidecar.drain(drain_timeout)  # stops listening, lets in-flight streams finish
-    finally:
-        await sidecar.close()  # cuts what is left (cancelled), closes every connection
+    with stopping.on_stop(request_stop):  # called at once when the signal came before the loop ran
+        bound = await sidecar.start(host, port)
+        try:
+            click.echo(listening.line(LISTENING_NAME, host, bound, upstream))
+            click.get_text_stream("stdout").flush()  # a supervisor (or a test) waits for this line
+            await stop.wait()
+            sidecar.begin_drain()  # health answers 503 at once: a load balancer stops sending here
+            await sidecar.drain(drain_timeout)  # stops listening, lets in-flight streams finish
+        finally:
+            await sidecar.close()  # cuts what is left (cancelled), closes every connection
 
 
 @click.command()
@@ -153,31 +161,34 @@ def sidecar(
     Clients get exactly the bytes the server sends. Telemetry is set up by tokenlat.configure() from the
     OTEL_* and TOKENLAT_* environment variables. The sidecar's own endpoints are GET /-/tokenlat/health and
     GET /-/tokenlat/stats. On SIGTERM or SIGINT it stops accepting, drains in-flight streams, flushes the
-    telemetry and exits 0.
+    telemetry and exits 0; a second signal ends it at once (exit status 128 + the signal's number).
     """
     host, port = listen
-    try:
-        telemetry = tokenlat.configure()
-    except tokenlat.ConfigurationError as exc:
-        raise click.UsageError(str(exc)) from None
-    try:
-        asyncio.run(
-            _run(
-                telemetry,
-                upstream,
-                host,
-                port,
-                fmt,
-                user_id_header,
-                request_id_header,
-                provider,
-                drain_timeout,
-                detect_bytes,
+    # SIGTERM and SIGINT become a stop request in every phase (tokenlat_cli/stopping.py): never an exception raised
+    # in whatever code runs when the signal comes (a KeyboardInterrupt that lands in a finalizer is swallowed, and the
+    # sidecar would serve on). The first signal drains; a second one, or a drain and flush that overrun their
+    # bound, end the process at once.
+    with Stopper(deadline=drain_timeout + FLUSH_ALLOWANCE):
+        try:
+            telemetry = tokenlat.configure()
+        except tokenlat.ConfigurationError as exc:
+            raise click.UsageError(str(exc)) from None
+        try:
+            asyncio.run(
+                _run(
+                    telemetry,
+                    upstream,
+                    host,
+                    port,
+                    fmt,
+                    user_id_header,
+                    request_id_header,
+                    provider,
+                    drain_timeout,
+                    detect_bytes,
+                )
             )
-        )
-    except OSError as exc:  # the port is taken, the host does not resolve ...
-        raise click.ClickException(f"cannot listen on {listening.url(host, port)}: {exc}") from None
-    except KeyboardInterrupt:  # a SIGINT before the handlers were installed
-        pass
-    finally:
-        telemetry.shutdown()  # flushes the last export
+        except OSError as exc:  # the port is taken, the host does not resolve ...
+            raise click.ClickException(f"cannot listen on {listening.url(host, port)}: {exc}") from None
+        finally:
+            telemetry.shutdown()  # flushes the last export

@@ -5,21 +5,26 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
-from types import FrameType
+from typing import NoReturn
 
 import click
 
 from tokenlat_cli.collector import CollectorError, find_collector
 from tokenlat_cli.files import write_atomically
 from tokenlat_cli.options import load_profile_or_exit, profile_option
+from tokenlat_cli.stopping import Stopper
 from tokenlat_cli.verify.html_report import render_html
 from tokenlat_cli.verify.processes import ServiceError
 from tokenlat_cli.verify.runner import UnsupportedProfile, VerifySettings, check_supported, run_verify
 from tokenlat_cli.verify.synthetic import Distribution, parse_token_range
 
 DEFAULTS = VerifySettings()
+#: Seconds after SIGTERM or Ctrl-C within which verify has stopped every child and removed its temp dir: the run
+#: needs at most about 2 (INTERRUPTED_GRACE for the children); past this the Stopper's watchdog kills them and exits.
+STOP_DEADLINE = 10.0
 
 
 def _distribution(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -48,20 +53,6 @@ def _writable_file(ctx: click.Context, param: click.Parameter, value: Path | Non
     if not os.access(existing, os.W_OK | os.X_OK):
         raise click.BadParameter(f"{value}: the directory {existing} is not writable")
     return value
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM takes the same path as Ctrl-C, so every started process is stopped.
-
-    Whatever handles Ctrl-C at the moment handles it: inside ``asyncio.run`` (the load), the runner cancels the main
-    task; elsewhere, KeyboardInterrupt is raised. Raised inside the event loop instead, it could land in a garbage
-    collector's finalizer (urllib3's pools have them), which swallows it, and the run would go on.
-    """
-    handler = signal.getsignal(signal.SIGINT)
-    if callable(handler):  # Python's default (raises KeyboardInterrupt) or asyncio's (cancels the main task)
-        handler(signal.SIGINT, frame)
-        return
-    raise KeyboardInterrupt  # Ctrl-C is ignored or left to the OS here: SIGTERM still stops the run
 
 
 @click.command(short_help="Prove the path end to end: known token timings through the real Collector and backend.")
@@ -159,7 +150,9 @@ def verify(
     receiver (Prometheus, VictoriaMetrics or Thanos, with its auth and TLS), and compare what arrives with the
     truth.
 
-    Exit status: 0 when every check passes, 1 when one fails or a service cannot start, 2 on bad usage.
+    Exit status: 0 when every check passes, 1 when one fails or a service cannot start, 2 on bad usage; on SIGTERM
+    or Ctrl-C it stops every process it started, removes its temp dir and exits with 143 or 130 (a second signal:
+    at once).
     """
     # gRPC's C core prints TLS handshake failures to stderr itself; verify provokes some on purpose (the mutual-TLS
     # probe) and reports every outcome in its table, so keep the core quiet unless the caller asked otherwise. Set
@@ -184,27 +177,51 @@ def verify(
         histogram=histogram,
         via_sidecar=via_sidecar,
     )
-    workdir = Path(tempfile.mkdtemp(prefix="tokenlat-verify-"))
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        report = run_verify(profile, settings, workdir, lambda line: click.echo(line, err=True))
-    except (ServiceError, CollectorError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
-        raise click.ClickException("interrupted; every started process was stopped") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if keep:
-            click.echo(f"kept {workdir}", err=True)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    click.echo(report.table())
-    if json_path is not None:
-        _write_report(json_path, report.to_json(), "JSON")
-    if html_path is not None:
-        _write_report(html_path, render_html(report), "HTML")
-    if not report.passed:
+    # SIGTERM and Ctrl-C become a stop request (tokenlat_cli/stopping.py): the children are signalled at once from
+    # the Stopper's thread, the run unwinds from its next safe point, and the watchdog ends the process should it
+    # not within STOP_DEADLINE seconds. Nothing is raised from a signal handler.
+    with Stopper(deadline=STOP_DEADLINE) as stopper:
+        workdir = Path(tempfile.mkdtemp(prefix="tokenlat-verify-"))
+        stopper.on_give_up(lambda: _remove(workdir, keep))
+        try:
+            report = run_verify(profile, settings, workdir, lambda line: click.echo(line, err=True))
+        except BaseException as exc:
+            if stopper.requested.is_set():  # whatever the stop surfaced as: Interrupted, a dead child, a refused port
+                report = None
+            elif isinstance(exc, (ServiceError, CollectorError)):
+                raise click.ClickException(str(exc)) from None
+            else:
+                raise
+        finally:
+            if keep:
+                click.echo(f"kept {workdir}", err=True)
+            _remove(workdir, keep)
+        if report is not None:
+            click.echo(report.table())
+            if json_path is not None:
+                _write_report(json_path, report.to_json(), "JSON")
+            if html_path is not None:
+                _write_report(html_path, render_html(report), "HTML")
+        if stopper.requested.is_set():
+            _exit_interrupted(stopper)
+    if report is not None and not report.passed:
         raise SystemExit(1)
+
+
+def _remove(workdir: Path, keep: bool) -> None:
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _exit_interrupted(stopper: Stopper) -> NoReturn:
+    """Say so and end the process now, with 128 + the signal's number, as a shell reports a process the signal
+    ended. os._exit, not SystemExit: the exit hooks of what the run left behind (the OpenTelemetry SDK flushing to a
+    Collector that is gone, executor threads) would hold the exit for their timeouts."""
+    name = stopper.signal_name or "SIGTERM"
+    click.echo(f"Error: interrupted by {name}; every started process was stopped", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signal.Signals[name].value)
 
 
 def _write_report(path: Path, text: str, kind: str) -> None:

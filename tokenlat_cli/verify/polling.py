@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from tokenlat_cli import stopping
+
 T = TypeVar("T")
 
 # How much of the last value a WaitTimeout shows: enough to tell why, not a whole log file.
@@ -37,7 +39,7 @@ def poll(read: Callable[[], T], done: Callable[[T], bool], timeout: float, inter
     deadline = time.monotonic() + timeout
     value = read()
     while not done(value) and time.monotonic() < deadline:
-        time.sleep(interval)
+        stopping.sleep(interval)  # a stop request (SIGTERM, Ctrl-C) ends the wait here
         value = read()
     return value
 

@@ -1,12 +1,14 @@
 """verify, stage by stage: real Prometheus, real Collector, synthetic model, real instrumentation; then compare.
 
 Like the Collector's own testbed: count what was sent, count what arrived, compare; then compare quantiles with
-the truth. Every process started here is stopped however the run ends (failure, Ctrl-C, SIGTERM).
+the truth. Every process started here is stopped however the run ends (failure, Ctrl-C, SIGTERM: see
+tokenlat_cli/stopping.py and processes.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import secrets
@@ -22,6 +24,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from tokenlat import semconv
 from tokenlat.configure import Telemetry, TLSFiles, configure
 from tokenlat.recorder import TokenMetrics
+from tokenlat_cli import stopping
 from tokenlat_cli.collector import validate_config
 from tokenlat_cli.profiles import Profile
 from tokenlat_cli.render import render_collector_config
@@ -215,7 +218,11 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
     run_started = time.time()
     settings = dataclasses.replace(settings, histogram=histogram_kind(profile, settings))
     report = Report(profile=profile.name, settings={**asdict(settings), "buckets": str(profile.layout)})
-    with ProcessGroup() as group:
+    with ProcessGroup() as group, stopping.on_stop(group.terminate):
+        # On SIGTERM or Ctrl-C the Stopper's thread signals every child at once (whatever this thread is blocked
+        # in, each wait on a child then ends), and this thread unwinds from its next safe point; should it be stuck,
+        # the Stopper's watchdog kills them before it ends the process.
+        stopping.on_give_up(group.kill)
         certs = make_certificates(workdir / "certs")
         started = stages.begin(f"starting the {profile.data['backend']['kind']} backend's receiver")
         backend = start_backend(group, workdir, profile.data, certs)
@@ -310,7 +317,8 @@ def _wrong_credential_check(
             with telemetry.metrics.request({semconv.GEN_AI_OPERATION_NAME: "chat"}) as rec:
                 rec.tokens()
     finally:
-        telemetry.shutdown()
+        if not stopping.requested():  # as in _run_traffic: no export to a Collector being stopped
+            telemetry.shutdown()
     failed = poll(lambda: _exporter_failures(collector.telemetry_url), lambda value: value > 0, 45.0)
     count = backend.query.scalar(queries_for(profile, histogram).count(semconv.DURATION_SPEC)) or 0
     collector.process.stop()
@@ -387,8 +395,11 @@ def _run_traffic(
     try:
         load = _drive(model_url, settings, telemetry.metrics, echo)
     finally:
-        # Also on Ctrl-C: the final export reaches the Collector while it is still running.
-        telemetry.shutdown()
+        # Also when a request fails: the final export reaches the Collector while it is still running. Not after a
+        # stop request: the Collector is being stopped, and the export would only wait for its timeout (the
+        # interrupted process then ends without running the SDK's exit hooks, which would do the same).
+        if not stopping.requested():
+            telemetry.shutdown()
     load.trace_ids = spans.ids
     load.recorded = recorded_histograms(telemetry.metrics.store)
     stages.end(started, f"{len(load.truths)} succeeded, {len(load.failures)} failed; metrics flushed")
@@ -422,19 +433,35 @@ def _drive(url: str, settings: VerifySettings, metrics: TokenMetrics | None, ech
         semconv.GEN_AI_PROVIDER_NAME: "tokenlat.synthetic",
         semconv.GEN_AI_REQUEST_MODEL: DEFAULT_MODEL,
     }
-    return asyncio.run(
-        run_load(
-            url,
-            settings.requests,
-            settings.concurrency,
-            metrics,
-            attributes,
-            DEFAULT_MODEL,
-            settings.seed,
-            progress,
-            ramp=_mean_stream_seconds(settings),
-        )
-    )
+
+    async def load() -> LoadResult:
+        # A stop request cancels the load from the Stopper's thread, in the loop's own thread (call_soon_threadsafe):
+        # the CancelledError surfaces where the load awaits, never inside a finalizer.
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        assert task is not None
+
+        def cancel() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the load is over anyway
+                loop.call_soon_threadsafe(task.cancel)
+
+        with stopping.on_stop(cancel):
+            return await run_load(
+                url,
+                settings.requests,
+                settings.concurrency,
+                metrics,
+                attributes,
+                DEFAULT_MODEL,
+                settings.seed,
+                progress,
+                ramp=_mean_stream_seconds(settings),
+            )
+
+    try:
+        return asyncio.run(load())
+    except asyncio.CancelledError:
+        stopping.checkpoint()  # Interrupted, when the stop request cancelled it
+        raise
 
 
 def _mean_stream_seconds(settings: VerifySettings) -> float:

@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tokenlat.configure import TLSFiles
+from tokenlat_cli import stopping
 from tokenlat_cli.collector import find_collector
 from tokenlat_cli.verify.checks import Check
 from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, free_port, http_ok
@@ -444,7 +445,7 @@ def wait_for_sink(path: Path, trace_ids: set[str], settle: float, deadline: floa
             return text, arrived
         if now - started >= deadline:
             return text, arrived
-        time.sleep(POLL_SECONDS)
+        stopping.sleep(POLL_SECONDS)  # a stop request (SIGTERM, Ctrl-C) ends the wait here
 
 
 def trace_checks(
