@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import FrozenInstanceError
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.streams import CASE_IDS, CASES, Case, E, chunk_at, sse, tricky_cuts
+from tokenlat import parsers
 from tokenlat.parsers import (
     FORMATS,
     ParserStats,
@@ -368,6 +371,144 @@ def test_fuzz_never_raises_and_is_chunking_invariant(body: bytes, fmt: str, limi
     assert parser.stats == whole_stats
     assert parser.stats.events == len(events)
     assert all(isinstance(event, StreamEvent) and event.tokens >= 0 for event in events)
+
+
+# -- the hot path's shortcuts, against what they replace ---------------------------------------------
+#
+# The parser decodes a payload with json.loads' C scanner directly, and the openai decoder has its helpers written
+# out. Both are claimed to be exactly what they replace: these tests compare them, on generated input, with the
+# reference they replaced (json.loads itself; the openai decoder as it was written with its helpers).
+
+_JSON_TEXT = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+).map(lambda value: json.dumps(value, ensure_ascii=False))
+_AROUND = st.sampled_from(["", " ", "\t", "\n", "\r\n", "\ufeff", "x", "}", "[DONE]", " 1", "\x00", ","])
+_PAYLOADS = st.one_of(
+    st.tuples(_AROUND, _JSON_TEXT, _AROUND).map("".join),
+    st.text(alphabet='{}[]":,0123456789.eE+-tfnaulrsNIy \\\t\nxé🙂\x00', max_size=40),  # near-JSON soup
+)
+
+
+def _reference_loads(text: str) -> tuple[str, object]:
+    try:
+        return "ok", json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return "error", type(exc)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(text=_PAYLOADS)
+def test_json_shortcut_is_json_loads(text: str) -> None:
+    """Where the scanner consumed the whole text, json.loads gives the same value, and where the scanner raises an
+    error, json.loads raises one too; elsewhere the parser calls json.loads itself. So what the parser makes of a
+    payload is json.loads' (compared by repr: NaN is not equal to itself)."""
+    try:
+        obj, end = parsers._scan_json(text, 0)
+    except StopIteration:
+        return
+    except ValueError:
+        assert _reference_loads(text) == ("error", json.JSONDecodeError)
+        return
+    if end == len(text):
+        kind, expected = _reference_loads(text)
+        assert kind == "ok" and repr(expected) == repr(obj)
+
+
+def _reference_openai(obj: dict[str, Any], name: bytes) -> StreamEvent | None:
+    """The openai decoder as it was written before its helpers were written out (the reference)."""
+
+    def choice_has_text(choice: object) -> bool:
+        choice = parsers._dict(choice)
+        if parsers._text(choice.get("text")):
+            return True
+        delta = choice.get("delta")
+        if delta is None:
+            return False
+        delta = parsers._dict(delta)
+        for key in ("content", "reasoning_content", "reasoning", "refusal"):
+            if parsers._text(delta.get(key)):
+                return True
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list):
+            for call in calls:
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict) and parsers._text(function.get("arguments")):
+                    return True
+        return False
+
+    error = parsers._error_of(obj)
+    if error is not None:
+        return parsers._error_event(obj, error)
+    choices = obj.get("choices")
+    usage = obj.get("usage")
+    has_choices = isinstance(choices, list)
+    if not has_choices and not isinstance(usage, dict):
+        return None
+    tokens = sum(1 for choice in choices if choice_has_text(choice)) if has_choices else 0
+    model = parsers._text(obj.get("model"))
+    if isinstance(usage, dict):
+        return StreamEvent(
+            tokens,
+            input_tokens=parsers._count(usage.get("prompt_tokens")),
+            output_tokens=parsers._count(usage.get("completion_tokens")),
+            model=model,
+        )
+    return StreamEvent(tokens, model=model)
+
+
+def _outcome(decode: Callable[[dict[str, Any], bytes], StreamEvent | None], obj: dict[str, Any]) -> object:
+    try:
+        return decode(obj, b"")
+    except parsers._DECODE_ERRORS:
+        return "malformed"
+
+
+_ANY = st.none() | st.booleans() | st.integers(-2, 3) | st.sampled_from(["", "x", "error", "m"]) | st.just([])
+_TEXTS = st.sampled_from([None, "", "t", 0, 1, [], {}, True])
+_CALLS = st.lists(
+    st.one_of(_ANY, st.fixed_dictionaries({}, optional={"function": _ANY | st.fixed_dictionaries({}, optional={
+        "arguments": _TEXTS, "name": _TEXTS})})),
+    max_size=3,
+)  # fmt: skip
+_DELTA = st.fixed_dictionaries(
+    {},
+    optional={"role": _TEXTS, "content": _TEXTS, "reasoning_content": _TEXTS, "reasoning": _TEXTS,
+              "refusal": _TEXTS, "tool_calls": _CALLS | _ANY},
+)  # fmt: skip
+_CHOICE = st.fixed_dictionaries({}, optional={"index": _ANY, "text": _TEXTS, "delta": _DELTA | _ANY,
+                                              "finish_reason": _ANY}) | _ANY  # fmt: skip
+_USAGE = st.fixed_dictionaries({}, optional={"prompt_tokens": _ANY | st.floats(-1, 5), "completion_tokens": _ANY})
+_OPENAI_OBJECTS = st.fixed_dictionaries(
+    {},
+    optional={"id": _ANY, "object": st.sampled_from(["chat.completion.chunk", "error", "text_completion"]) | _ANY,
+              "type": _ANY, "error": _ANY | st.fixed_dictionaries({}, optional={"type": _TEXTS, "message": _TEXTS}),
+              "model": _TEXTS, "choices": st.lists(_CHOICE, max_size=3) | _ANY, "usage": _USAGE | _ANY},
+)  # fmt: skip
+
+
+@settings(max_examples=3000, deadline=None)
+@given(obj=_OPENAI_OBJECTS)
+def test_openai_decoder_is_the_reference(obj: dict[str, Any]) -> None:
+    """The openai decoder, written out for speed, gives what the reference gives, malformed chunks included."""
+    assert _outcome(parsers._openai, obj) == _outcome(_reference_openai, obj)
+
+
+@settings(max_examples=500, deadline=None)
+@given(obj=_OPENAI_OBJECTS, spaces=st.booleans())
+def test_openai_payload_is_the_reference(obj: dict[str, Any], spaces: bool) -> None:
+    """End to end through the parser (the whole-event shortcut, the C scanner, the decoder): the events and
+    counts that json.loads and the reference decoder give."""
+    payload = json.dumps(obj, separators=(", ", ": ") if spaces else (",", ":")).encode()
+    parser = make_parser("openai")
+    parser.feed(b": open\n\n")  # past the first line, so that the next chunk takes the whole-event shortcut
+    events = parser.feed(b"data: " + payload + b"\n\n")
+    expected = _outcome(_reference_openai, json.loads(payload))
+    if expected == "malformed" or expected is None:
+        assert events == [] and parser.stats == ParserStats(malformed=1)
+    else:
+        assert events == [expected] and parser.stats == ParserStats(events=1)
 
 
 # -- request model, construction --------------------------------------------------------------------

@@ -542,6 +542,10 @@ def test_upstream_http_error_is_relayed_and_recorded_with_its_status(otel: Otel)
             # The same error for a request that did not ask for a stream is relayed, not measured.
             await fetch(s, "POST", sidecar.url + CHAT, json=chat_body(stream=False))
             assert (sidecar.stats.upstream_errors, sidecar.stats.passthrough) == (2, 2)
+            # A body nested too deep for the JSON decoder (RecursionError) is no JSON body, not a sidecar failure.
+            got = await fetch(s, "POST", sidecar.url + CHAT, data=b"[" * 100_000)
+            assert (got.status, got.body) == (503, error_body)
+            assert (sidecar.stats.upstream_errors, sidecar.stats.passthrough) == (3, 3)
 
     run(body)
     metrics = otel.collect()
@@ -1105,6 +1109,14 @@ def test_malformed_requests_and_responses_are_refused_cleanly(otel: Otel) -> Non
 )
 def test_operation_name_from_the_path(path: str, operation: str) -> None:
     assert operation_name(path) == operation
+
+
+def test_the_measure_path_benchmark_runs() -> None:
+    """``python -m bench.measure_path`` drives the measuring as the protocols do: it must keep up with its API."""
+    from bench import measure_path
+
+    figures = asyncio.run(measure_path.run(streams=3, repeats=1))
+    assert len(figures) == 3 and all(0 < us < 10_000 for us in figures.values())
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from opentelemetry.util.types import AttributeValue
@@ -75,7 +76,7 @@ def _json_or_none(body: bytes | None) -> Any:
         return None
     try:
         return json.loads(body)
-    except ValueError:  # includes UnicodeDecodeError
+    except (ValueError, RecursionError):  # ValueError includes UnicodeDecodeError; RecursionError: nested too deep
         return None
 
 
@@ -143,24 +144,40 @@ class Exchange:
         reader = self.reader
         if reader is None:
             return
+        parser = reader.parser
         try:
-            events = reader.feed(chunk, arrived)
+            if parser is not None:
+                # Detected and parsing (nearly every chunk): the events are all this chunk's, at its time. What
+                # reader.feed returns then, without pairing each event with that time in a new list.
+                events = parser.feed(chunk)
+            else:
+                timed = reader.feed(chunk, arrived)  # detecting: maybe the held chunks' events, each at its time
         except Exception:  # the parsers never raise by contract; if one does, measuring stops, relaying does not
             self._parser_failed()
             return
+        if parser is not None:
+            if events:
+                self._observe(events, arrived)
+            return
         if not self.classified and reader.decided:
             self.measurer.settle(self)
-        self._observe(events)
+        self._observe_timed(timed)
 
-    def _observe(self, events: list[TimedEvent]) -> None:
-        for event, arrived in events:
-            if self.recorder is None:
+    def _observe_timed(self, timed: list[TimedEvent]) -> None:
+        for event, arrived in timed:
+            self._observe((event,), arrived)
+
+    def _observe(self, events: Iterable[StreamEvent], arrived: float | None) -> None:
+        """Record ``events``, which arrived at ``arrived`` (None: with the response's end)."""
+        recorder = self.recorder
+        for event in events:
+            if recorder is None:
                 if _is_empty(event):
                     continue  # e.g. a keep-alive comment: wait for the model or a token before fixing the attributes
                 self.response_model = event.model
-                self.recorder = self._new_recorder()
-            recorder = self.recorder
-            recorder.tokens(event.tokens, arrived)
+                recorder = self.recorder = self._new_recorder()
+            if event.tokens > 0:  # recorder.tokens ignores the others: spare the call on role and usage chunks
+                recorder.tokens(event.tokens, arrived)
             if event.input_tokens is not None or event.output_tokens is not None:
                 recorder.usage(input_tokens=event.input_tokens, output_tokens=event.output_tokens)
             if event.error is not None and self.stream_error is None:
@@ -207,7 +224,7 @@ class Exchange:
     def _finish_stream(self, error: str | None, flushed: list[TimedEvent]) -> None:
         reader = self.reader
         if reader is not None:
-            self._observe(flushed)
+            self._observe_timed(flushed)
             stats = self.measurer.stats
             stats.malformed_events += reader.stats.malformed
             stats.oversized_lines += reader.stats.oversized
