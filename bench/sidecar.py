@@ -74,7 +74,7 @@ from bench.nginx import MISSING as NGINX_MISSING
 from bench.nginx import find_nginx, nginx_proxy
 from tokenlat import semconv
 from tokenlat.configure import Telemetry, configure
-from tokenlat.sidecar import Sidecar
+from tokenlat.sidecar import Sidecar, loops
 from tokenlat.sse import iter_sse_data, openai_chunk_tokens, parse_openai_event
 from tokenlat.testing import CapturingExporter
 from tokenlat_cli.verify import synthetic
@@ -247,7 +247,9 @@ async def _measured(
 def _child_main(conn: Connection, role: str, args: tuple[Any, ...]) -> None:
     """Entry point of a spawned child; any failure goes back to the bench as text."""
     try:
-        asyncio.run(_ROLES[role](conn, *args))
+        # The sidecar runs on the loop `tokenlat sidecar` picks by default (uvloop when installed): what users run.
+        run = loops.run if role == "sidecar" else asyncio.run
+        run(_ROLES[role](conn, *args))
     except EOFError:
         pass  # the bench went away (it failed elsewhere): nothing to report to
     except BaseException:
@@ -1155,6 +1157,7 @@ def run(
         **machine(),
         "aiohttp": importlib.metadata.version("aiohttp"),
         "httptools": importlib.metadata.version("httptools"),
+        "sidecar event loop": loops.resolve("auto"),
     }
     described.pop("prometheus-client", None)  # not involved here
     if nginx_report is not None:

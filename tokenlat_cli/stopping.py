@@ -43,11 +43,6 @@ class Interrupted(Exception):
         self.signal_name = signal_name
 
 
-def _ignore(signum: int, frame: FrameType | None) -> None:
-    """The Python-level handler: nothing. It must exist (the default would end the process at once, or raise
-    KeyboardInterrupt); the wakeup fd carries the signal to the watcher thread."""
-
-
 class Stopper:
     """Turns SIGTERM and SIGINT into :attr:`requested` for the block it is entered for (main thread only).
 
@@ -78,7 +73,7 @@ class Stopper:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)  # set_wakeup_fd requires it: the C handler must never block
         for signum in STOP_SIGNALS:
-            self._previous[signum] = signal.signal(signum, _ignore)
+            self._previous[signum] = signal.signal(signum, self._relay)
         self._previous_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
         self._watcher = threading.Thread(target=self._watch, name="tokenlat-stopper", daemon=True)
         self._watcher.start()
@@ -102,6 +97,18 @@ class Stopper:
         os.close(self._read_fd)
         os.close(self._write_fd)
         self._installed = False
+
+    def _relay(self, signum: int, frame: FrameType | None) -> None:
+        """The Python-level handler. It must exist (the default would end the process at once, or raise
+        KeyboardInterrupt) and raises nothing. Usually it has nothing to do: the C handler wrote the signal to the
+        watcher's pipe already. But an event loop may take the wakeup fd for itself while it runs (uvloop does, and
+        then only runs this handler): then the signal went to the loop, so write it to the pipe here and leave the
+        loop its fd."""
+        current = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        if current != self._write_fd:
+            signal.set_wakeup_fd(current)
+            with contextlib.suppress(OSError):
+                os.write(self._write_fd, bytes([signum]))
 
     def check(self) -> None:
         """Raise :class:`Interrupted` when a stop was requested."""

@@ -18,7 +18,8 @@ import pytest
 from tests.conftest import REPO
 
 # The distributions only the extras bring (pyproject.toml): none may come with the core.
-EXTRAS_ONLY = {"click", "jinja2", "pyyaml", "aiohttp", "httptools", "yarl", "bcrypt", "cryptography", "starlette"}
+EXTRAS_ONLY = {"click", "jinja2", "pyyaml", "aiohttp", "httptools", "yarl", "uvloop", "bcrypt", "cryptography"}
+EXTRAS_ONLY |= {"starlette"}
 
 RECORD_A_REQUEST = """
 import tokenlat

@@ -56,6 +56,7 @@ from tokenlat.sidecar import (
     Sidecar,
     SidecarStats,
     http1,
+    loops,
     operation_name,
     validate_upstream,
 )
@@ -1231,3 +1232,22 @@ def test_cli_bad_options_exit_2_naming_the_option(args: list[str], option: str) 
     result = CliRunner().invoke(cli, ["sidecar", *args])
     assert result.exit_code == 2, result.output
     assert option in result.output
+
+
+def test_the_event_loop_is_uvloop_when_installed_else_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert loops.resolve("asyncio") == "asyncio"
+    assert loops.resolve("auto") == "uvloop"  # the [sidecar] extra installs it
+    monkeypatch.setattr(loops.importlib.util, "find_spec", lambda name: None)
+    assert loops.resolve("auto") == "asyncio"
+    with pytest.raises(ValueError, match="uvloop event loop is not installed"):
+        loops.resolve("uvloop")
+    with pytest.raises(ValueError, match="unknown event loop 'trio'"):
+        loops.resolve("trio")
+
+
+def test_loops_run_returns_what_the_coroutine_returns() -> None:
+    async def answer() -> str:
+        return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+    assert loops.run(answer(), "uvloop") == "uvloop"
+    assert loops.run(answer(), "asyncio") == "asyncio"

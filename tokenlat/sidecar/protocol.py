@@ -16,7 +16,7 @@ import asyncio
 import socket
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 from yarl import URL
@@ -98,7 +98,8 @@ class ClientProtocol(HeadReader, asyncio.Protocol):
     # -- the connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport (uvloop's do not subclass asyncio.Transport, so no isinstance check).
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self.flow = FlowControl(transport)
         no_delay(transport)
@@ -268,7 +269,8 @@ class UpstreamProtocol(HeadReader, asyncio.Protocol):
         self._until_close = False  # its body ends when the connection does
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport (uvloop's do not subclass asyncio.Transport, so no isinstance check).
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self.flow = FlowControl(transport)
 

@@ -11,7 +11,7 @@ import tokenlat
 from tokenlat import listening
 from tokenlat.detect import DETECT_BYTES
 from tokenlat.parsers import FORMATS
-from tokenlat.sidecar import LISTENING_NAME, Sidecar, validate_upstream
+from tokenlat.sidecar import LISTENING_NAME, Sidecar, loops, validate_upstream
 from tokenlat_cli import stopping
 from tokenlat_cli.stopping import Stopper
 
@@ -146,6 +146,14 @@ async def _run(
     show_default=True,
     help="Seconds in-flight streams get to finish after SIGTERM/SIGINT.",
 )
+@click.option(
+    "--loop",
+    "loop",
+    type=click.Choice(loops.LOOPS),
+    default="auto",
+    show_default=True,
+    help="The event loop: uvloop (less CPU per relayed chunk) when installed, else asyncio's; or either one.",
+)
 def sidecar(
     upstream: str,
     listen: tuple[str, int],
@@ -155,6 +163,7 @@ def sidecar(
     provider: str | None,
     drain_timeout: float,
     detect_bytes: int,
+    loop: str,
 ) -> None:
     """Proxy a model server and record the token latency of its streams, without touching the server.
 
@@ -164,6 +173,10 @@ def sidecar(
     telemetry and exits 0; a second signal ends it at once (exit status 128 + the signal's number).
     """
     host, port = listen
+    try:
+        loops.resolve(loop)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--loop") from None
     # SIGTERM and SIGINT become a stop request in every phase (tokenlat_cli/stopping.py): never an exception raised
     # in whatever code runs when the signal comes (a KeyboardInterrupt that lands in a finalizer is swallowed, and the
     # sidecar would serve on). The first signal drains; a second one, or a drain and flush that overrun their
@@ -174,7 +187,7 @@ def sidecar(
         except tokenlat.ConfigurationError as exc:
             raise click.UsageError(str(exc)) from None
         try:
-            asyncio.run(
+            loops.run(
                 _run(
                     telemetry,
                     upstream,
@@ -186,7 +199,8 @@ def sidecar(
                     provider,
                     drain_timeout,
                     detect_bytes,
-                )
+                ),
+                loop,
             )
         except OSError as exc:  # the port is taken, the host does not resolve ...
             raise click.ClickException(f"cannot listen on {listening.url(host, port)}: {exc}") from None
