@@ -18,8 +18,10 @@ import pytest
 from tests.conftest import REPO
 
 # The distributions only the extras bring (pyproject.toml): none may come with the core.
-EXTRAS_ONLY = {"click", "jinja2", "pyyaml", "aiohttp", "httptools", "yarl", "uvloop", "bcrypt", "cryptography"}
-EXTRAS_ONLY |= {"starlette"}
+EXTRAS_ONLY = {
+    *("click", "jinja2", "pyyaml", "aiohttp", "bcrypt", "cryptography"),  # [cli], [sm3]
+    *("httptools", "yarl", "uvloop", "starlette"),  # [sidecar], [asgi]
+}
 
 RECORD_A_REQUEST = """
 import tokenlat
