@@ -23,9 +23,8 @@ from typing import Any
 
 from tokenlat.configure import configure
 from tokenlat.parsers import StreamParser
+from tokenlat.sidecar import Sidecar
 from tokenlat.sidecar.measure import Measurer
-from tokenlat.sidecar.settings import Settings
-from tokenlat.sidecar.stats import SidecarStats
 from tokenlat.testing import CapturingExporter
 
 CONTENT_CHUNKS = 32
@@ -109,7 +108,7 @@ async def run(streams: int, repeats: int) -> dict[str, float]:
         export_interval_millis=3_600_000,
         environ={},
     )
-    measurer = Measurer(Settings.of("http://127.0.0.1:9"), telemetry.metrics, SidecarStats())
+    measurer = Sidecar("http://127.0.0.1:9", telemetry.metrics).measurer  # never started: nothing listens
     chunks = stream_chunks()
     cases: dict[str, Callable[[], int]] = {
         "measuring (measure_later .. finish)": lambda: _measure_streams(measurer, chunks, streams),

@@ -12,12 +12,13 @@ import logging
 
 from tokenlat import listening
 from tokenlat.detect import DETECT_BYTES
+from tokenlat.parsers import FORMATS
 from tokenlat.recorder import TokenMetrics
 from tokenlat.sidecar import control
 from tokenlat.sidecar.measure import Measurer
 from tokenlat.sidecar.pool import UpstreamPool
 from tokenlat.sidecar.protocol import ClientProtocol, UpstreamProtocol
-from tokenlat.sidecar.settings import Settings, Upstream
+from tokenlat.sidecar.settings import Settings, Upstream, validate_upstream
 from tokenlat.sidecar.stats import SidecarStats
 
 log = logging.getLogger("tokenlat.sidecar")
@@ -64,12 +65,17 @@ class Sidecar:
         detect_bytes: int = DETECT_BYTES,
         measure: bool = True,
     ) -> None:
-        self.settings = Settings.of(
-            upstream,
+        fmt = None if fmt in (None, "auto") else fmt
+        if fmt is not None and fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}: must be auto or one of {', '.join(FORMATS)}")
+        if detect_bytes < 1:
+            raise ValueError(f"detect_bytes must be at least 1, got {detect_bytes}")
+        self.settings = Settings(
+            upstream=validate_upstream(upstream),
             fmt=fmt,
-            user_id_header=user_id_header,
-            request_id_header=request_id_header,
-            provider=provider,
+            user_id_header=user_id_header.lower().encode() if user_id_header else None,  # as headers are compared
+            request_id_header=request_id_header.lower().encode(),
+            provider=provider or None,
             max_json_body=max_json_body,
             max_line_bytes=max_line_bytes,
             detect_bytes=detect_bytes,

@@ -11,9 +11,6 @@ from dataclasses import dataclass, field
 
 from yarl import URL
 
-from tokenlat.detect import DETECT_BYTES
-from tokenlat.parsers import FORMATS
-
 # Connecting must not hang a client forever on a blackholed upstream; reading must never time out, because a
 # long prompt can legitimately take minutes to its first token.
 CONNECT_TIMEOUT_S = 10.0
@@ -60,7 +57,7 @@ class Upstream:
 
 @dataclass(frozen=True)
 class Settings:
-    """See ``Sidecar`` for what each one means."""
+    """What ``Sidecar`` was given, checked and normalised there (see it for what each one means)."""
 
     upstream: str
     fmt: str | None
@@ -71,35 +68,3 @@ class Settings:
     max_line_bytes: int
     detect_bytes: int
     measure: bool
-
-    @classmethod
-    def of(
-        cls,
-        upstream: str,
-        *,
-        fmt: str | None = None,
-        user_id_header: str | None = "x-user-id",
-        request_id_header: str = "x-request-id",
-        provider: str | None = None,
-        max_json_body: int = 1 << 20,
-        max_line_bytes: int = 1 << 20,
-        detect_bytes: int = DETECT_BYTES,
-        measure: bool = True,
-    ) -> Settings:
-        """Checked and normalised settings; ValueError names what is wrong."""
-        fmt = None if fmt in (None, "auto") else fmt
-        if fmt is not None and fmt not in FORMATS:
-            raise ValueError(f"unknown format {fmt!r}: must be auto or one of {', '.join(FORMATS)}")
-        if detect_bytes < 1:
-            raise ValueError(f"detect_bytes must be at least 1, got {detect_bytes}")
-        return cls(
-            upstream=validate_upstream(upstream),
-            fmt=fmt,
-            user_id_header=user_id_header.lower().encode() if user_id_header else None,
-            request_id_header=request_id_header.lower().encode(),
-            provider=provider or None,
-            max_json_body=max_json_body,
-            max_line_bytes=max_line_bytes,
-            detect_bytes=detect_bytes,
-            measure=measure,
-        )
