@@ -61,7 +61,8 @@ from tokenlat.sidecar import (
     validate_upstream,
 )
 from tokenlat.sidecar.measure import Exchange
-from tokenlat.sidecar.protocol import ClientProtocol
+from tokenlat.sidecar.protocol import RETRY_AFTER_S, ClientProtocol
+from tokenlat.sidecar.settings import MAX_CONNECTIONS, default_max_connections
 from tokenlat_cli.main import cli
 from tokenlat_cli.verify import synthetic
 from tokenlat_cli.verify.synthetic import Distribution, ServerStats, SyntheticConfig, token_text
@@ -1151,6 +1152,234 @@ def test_unknown_format_is_rejected(otel: Otel) -> None:
         Sidecar("http://127.0.0.1:1", otel.telemetry.metrics, fmt="sse")
 
 
+# --------------------------------------------------------------------------- connection limits
+# Short timeouts (0.3 s) so that the tests wait little; every wait is by polling, bounded by POLL_DEADLINE_S.
+
+LIMIT_S = 0.3
+HALF_HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Le"
+
+
+async def open_raw(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = url.removeprefix("http://").split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything the sidecar sends until it closes the connection (a liveness bound, not a timing)."""
+    return await asyncio.wait_for(reader.read(), POLL_DEADLINE_S)
+
+
+async def read_response(reader: asyncio.StreamReader) -> bytes:
+    """One response with a Content-Length, on a connection that stays open."""
+    head = await asyncio.wait_for(read_head(reader), POLL_DEADLINE_S)
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    return head + await reader.readexactly(length)
+
+
+def gappy_upstream(chunks: list[bytes], gap: float) -> Handler:
+    """An upstream streaming ``chunks`` with ``gap`` seconds between them: a slow model, not a slow client."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i, chunk in enumerate(chunks):
+            if i:
+                await asyncio.sleep(gap)  # the upstream's own pace, not a wait for a condition
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+
+    return handler
+
+
+def test_an_idle_keep_alive_connection_is_closed_but_a_stream_with_long_gaps_is_not(otel: Otel) -> None:
+    chunks = [openai_chunk(f"t{i}") for i in range(3)] + [sse("[DONE]")]
+
+    async def body() -> None:
+        upstream_handler = gappy_upstream(chunks, gap=2 * LIMIT_S)  # each gap longer than the idle timeout
+        async with (
+            running_upstream(upstream_handler) as upstream,
+            running_sidecar(upstream, otel, idle_timeout=LIMIT_S, head_timeout=60.0) as sidecar,
+        ):
+            async with raw_session() as s:
+                reply = await fetch(s, "POST", sidecar.url + CHAT, json=chat_body())
+                assert reply.status == 200 and reply.body == b"".join(chunks)  # byte for byte, not cut
+                assert sidecar.stats.idle_timeouts == 0 and sidecar.stats.streams == 1
+                # Now the session's connection is idle between requests: closed after the timeout, and counted.
+                await until(lambda: sidecar.stats.idle_timeouts == 1, "the idle connection is closed")
+                assert sidecar.stats.connections == 0
+
+            # A raw keep-alive connection: answered, then closed once idle; one that never sends a byte, too.
+            reader, writer = await open_raw(sidecar.url)
+            silent_reader, silent_writer = await open_raw(sidecar.url)
+            writer.write(b"GET " + HEALTH_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = await until_closed(reader)
+            assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"status": "serving"}')
+            assert await until_closed(silent_reader) == b""
+            writer.close()
+            silent_writer.close()
+            await until(lambda: sidecar.stats.idle_timeouts == 3, "every idle connection is counted")
+            assert sidecar.stats.head_timeouts == 0 and sidecar.stats.client_disconnects == 0
+
+    run(body)
+    assert error_types(otel.collect()) == [None]
+
+
+def test_a_half_request_head_is_answered_408_and_closed(otel: Otel) -> None:
+    async def body() -> None:
+        async with (
+            running_synthetic() as (upstream, upstream_stats),
+            running_sidecar(upstream, otel, idle_timeout=60.0, head_timeout=LIMIT_S) as sidecar,
+        ):
+            reader, writer = await open_raw(sidecar.url)
+            writer.write(HALF_HEAD)
+            answer = await until_closed(reader)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and b"Connection: close\r\n" in answer
+            assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["type"] == "request_timeout"
+            assert sidecar.stats.head_timeouts == 1 and sidecar.stats.idle_timeouts == 0
+            assert sidecar.stats.requests == 0 and upstream_stats.started == 0  # nothing reached the upstream
+
+            # A head that completes in time is served; the timer is the head's, not the connection's.
+            reader, writer = await open_raw(sidecar.url)
+            writer.write(b"GET " + HEALTH_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await read_response(reader)).startswith(b"HTTP/1.1 200 ")
+            writer.close()
+            assert sidecar.stats.head_timeouts == 1
+
+    run(body)
+
+
+def test_connections_beyond_the_maximum_get_503_with_retry_after(otel: Otel) -> None:
+    async def body() -> None:
+        async with running_sidecar("http://127.0.0.1:1", otel, max_connections=3) as sidecar:
+            held = [await open_raw(sidecar.url) for _ in range(3)]
+            await until(lambda: sidecar.stats.connections == 3, "three connections accepted")
+            reader, writer = await open_raw(sidecar.url)
+            writer.write(b"GET " + HEALTH_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = await until_closed(reader)  # answered and closed: not held open
+            writer.close()
+            head, payload = answer.split(b"\r\n\r\n", 1)
+            assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+            assert f"Retry-After: {RETRY_AFTER_S}\r\n".encode() in head and b"Connection: close" in head
+            assert json.loads(payload)["error"]["type"] == "too_many_connections"
+            assert sidecar.stats.refused_connections == 1 and sidecar.stats.connections == 3
+            await until(lambda: not sidecar.sidecar.refused, "the refused connection is gone")
+
+            # One of the three closes: a new connection is served.
+            held.pop()[1].close()
+            await until(lambda: sidecar.stats.connections == 2, "the closed connection is gone")
+            reader, writer = await open_raw(sidecar.url)
+            writer.write(b"GET " + STATS_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = await read_response(reader)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["refused_connections"] == 1
+            for _, held_writer in held:
+                held_writer.close()
+
+    run(body)
+
+
+def test_the_default_maximum_of_connections_fits_the_file_descriptor_limit(otel: Otel) -> None:
+    assert default_max_connections(100, limit=1 << 20) == MAX_CONNECTIONS
+    assert default_max_connections(100, limit=1024) == 430  # (1024 - 64 reserved - 100 idle upstream) // 2
+    assert default_max_connections(100, limit=100) == 1
+    metrics = otel.telemetry.metrics
+    assert Sidecar("http://127.0.0.1:1", metrics).settings.max_connections == default_max_connections(100)
+    for bad in ({"idle_timeout": 0}, {"head_timeout": -1.0}, {"max_connections": 0}, {"max_idle_upstream": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Sidecar("http://127.0.0.1:1", metrics, **bad)
+
+
+def test_the_upstream_pool_keeps_at_most_its_cap_of_idle_connections(otel: Otel) -> None:
+    concurrent = 5
+    arrived: list[asyncio.Event] = []
+    all_here = asyncio.Event()
+
+    async def barrier(request: web.Request) -> web.Response:
+        arrived.append(asyncio.Event())
+        if len(arrived) == concurrent:
+            all_here.set()
+        await all_here.wait()  # every request holds its upstream connection until all five are open
+        return web.Response(text="ok")
+
+    async def body() -> None:
+        async with (
+            running_upstream(barrier) as upstream,
+            running_sidecar(upstream, otel, max_idle_upstream=2) as sidecar,
+            raw_session() as s,
+        ):
+            replies = await asyncio.gather(*(fetch(s, "GET", sidecar.url + "/v1/models") for _ in range(concurrent)))
+            assert [r.body for r in replies] == [b"ok"] * concurrent
+            assert len(sidecar.sidecar.pool.idle) == 2
+            assert sidecar.stats.upstream_idle_closed == concurrent - 2
+            # The kept ones are reused: a next request opens no connection and closes none.
+            assert (await fetch(s, "GET", sidecar.url + "/v1/models")).body == b"ok"
+            assert len(sidecar.sidecar.pool.idle) == 2 and sidecar.stats.upstream_idle_closed == concurrent - 2
+
+    run(body)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts file descriptors in /proc")
+def test_hundreds_of_idle_and_slowloris_connections_are_closed_while_streams_go_on(otel: Otel) -> None:
+    idle, slow, streams = 200, 200, 10
+    started = time.monotonic()
+
+    def chunks(n: int) -> list[bytes]:
+        return [openai_chunk(f"s{n}-t{i}") for i in range(8)] + [sse("[DONE]")]
+
+    async def numbered(request: web.Request) -> web.StreamResponse:
+        n = int(request.query["n"])
+        return await gappy_upstream(chunks(n), gap=LIMIT_S / 2)(request)  # about 1.4 s a stream
+
+    async def body() -> None:
+        async with (
+            running_upstream(numbered) as upstream,
+            running_sidecar(upstream, otel, idle_timeout=LIMIT_S, head_timeout=LIMIT_S) as sidecar,
+            aiohttp.ClientSession(auto_decompress=False) as s,
+        ):
+            baseline = open_fds()
+            running = [
+                asyncio.create_task(fetch(s, "POST", f"{sidecar.url}{CHAT}?n={n}", json=chat_body()))
+                for n in range(streams)
+            ]
+            await until(lambda: sidecar.stats.in_flight == streams, "the streams are running")
+            opened = time.monotonic()
+            idlers = [await open_raw(sidecar.url) for _ in range(idle)]
+            slowlorises = [await open_raw(sidecar.url) for _ in range(slow)]
+            for _, writer in slowlorises:
+                writer.write(HALF_HEAD)
+            answers = await asyncio.gather(*(until_closed(reader) for reader, _ in idlers + slowlorises))
+            closed_within = time.monotonic() - opened
+            assert answers[:idle] == [b""] * idle
+            assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers[idle:])
+            assert sidecar.stats.in_flight == streams  # the streams outlived every one of them
+            replies = await asyncio.gather(*running)
+            for n, reply in enumerate(replies):
+                assert reply.status == 200 and reply.body == b"".join(chunks(n))  # complete, byte for byte
+            assert sidecar.stats.head_timeouts == slow and sidecar.stats.idle_timeouts >= idle
+            assert sidecar.stats.client_disconnects == 0 and sidecar.stats.streams == streams
+            for _, writer in idlers + slowlorises:
+                writer.close()
+            await s.close()  # the streams' keep-alive connections: closed by the client this time
+            await until(lambda: sidecar.stats.connections == 0, "every client connection is closed")
+            # What stays open: the pooled upstream connections, both of their ends being in this process.
+            pooled = len(sidecar.sidecar.pool.idle)
+            await until(lambda: open_fds() <= baseline + 2 * pooled + 2, "the descriptors are released")
+            # Closed within the bound: the timeout, plus the time to open them all (a liveness bound, not a timing).
+            assert closed_within < POLL_DEADLINE_S
+
+    run(body)
+    assert time.monotonic() - started < 30
+    assert error_types(otel.collect()) == [None] * streams
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -1225,6 +1454,10 @@ def test_cli_proxies_and_flushes_telemetry_on_sigterm() -> None:
         (["--upstream", "http://127.0.0.1:1", "--listen", "::1:9000"], "--listen"),
         (["--upstream", "http://127.0.0.1:1", "--format", "sse"], "--format"),
         (["--upstream", "http://127.0.0.1:1", "--detect-bytes", "0"], "--detect-bytes"),
+        (["--upstream", "http://127.0.0.1:1", "--idle-timeout", "0"], "--idle-timeout"),
+        (["--upstream", "http://127.0.0.1:1", "--head-timeout", "-1"], "--head-timeout"),
+        (["--upstream", "http://127.0.0.1:1", "--max-connections", "0"], "--max-connections"),
+        (["--upstream", "http://127.0.0.1:1", "--max-idle-upstream", "-1"], "--max-idle-upstream"),
         (["--listen", "127.0.0.1:0"], "--upstream"),
     ],
 )

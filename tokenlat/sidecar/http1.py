@@ -71,18 +71,20 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def json_error(status: int, kind: str, message: str, *, close: bool = False) -> bytes:
+def json_error(status: int, kind: str, message: str, *, close: bool = False, extra: Headers = ()) -> bytes:
     """An error of the sidecar's own, in OpenAI's error shape, which every OpenAI-compatible client knows how to
     show."""
-    return json_response(status, {"error": {"message": message, "type": kind, "code": status}}, close=close)
+    payload = {"error": {"message": message, "type": kind, "code": status}}
+    return json_response(status, payload, close=close, extra=extra)
 
 
-def json_response(status: int, payload: Any, *, close: bool = False) -> bytes:
+def json_response(status: int, payload: Any, *, close: bool = False, extra: Headers = ()) -> bytes:
     """A whole response with a JSON body (the sidecar's own answers and errors)."""
     body = json.dumps(payload).encode()
     fields: list[tuple[bytes, bytes]] = [
         (b"Content-Type", b"application/json; charset=utf-8"),
         (b"Content-Length", str(len(body)).encode()),
+        *extra,
     ]
     if close:
         fields.append((b"Connection", b"close"))

@@ -2,9 +2,10 @@
 
 Opening a TCP (and maybe TLS) connection per request would add a round trip, or several, to every TTFT the
 sidecar is there to measure; so a connection whose response ended cleanly goes back to the pool, and the next
-request takes the most recently used one (the likeliest to be still open at the server). There is no limit on
-connections: the sidecar opens as many as its clients have requests in flight, as the model server would have seen
-without it.
+request takes the most recently used one (the likeliest to be still open at the server). Connections in use are
+not limited here: the sidecar opens as many as its clients have requests in flight (at most one per client
+connection, whose number is capped), as the model server would have seen without it. Idle ones are: at most
+``max_idle`` are kept, and a connection released beyond that closes (counted as ``upstream_idle_closed``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tokenlat.sidecar.settings import CONNECT_TIMEOUT_S, Upstream
+from tokenlat.sidecar.settings import CONNECT_TIMEOUT_S, MAX_IDLE_UPSTREAM, Upstream
+from tokenlat.sidecar.stats import SidecarStats
 
 if TYPE_CHECKING:
     from tokenlat.sidecar.hop import Hop
@@ -23,9 +25,17 @@ if TYPE_CHECKING:
 class UpstreamPool:
     """Kept-alive upstream connections, and the ones being opened."""
 
-    def __init__(self, upstream: Upstream, protocol: Callable[[], UpstreamProtocol]) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        protocol: Callable[[], UpstreamProtocol],
+        stats: SidecarStats | None = None,
+        max_idle: int = MAX_IDLE_UPSTREAM,
+    ) -> None:
         self.upstream = upstream
         self._protocol = protocol
+        self.stats = stats if stats is not None else SidecarStats()
+        self.max_idle = max_idle
         self.idle: list[UpstreamProtocol] = []  # most recently used last
         self._connecting: set[asyncio.Task[None]] = set()
         self.reuse = True  # False once draining: a connection whose response ended closes
@@ -63,8 +73,12 @@ class UpstreamPool:
         hop.attach(connection)
 
     def release(self, connection: UpstreamProtocol) -> None:
-        """A connection whose response ended cleanly: back to the pool, unless draining or it is closing."""
+        """A connection whose response ended cleanly: back to the pool, unless draining, it is closing, or the pool
+        holds ``max_idle`` already."""
         if not self.reuse or connection.transport.is_closing():
+            connection.transport.close()
+        elif len(self.idle) >= self.max_idle:
+            self.stats.upstream_idle_closed += 1
             connection.transport.close()
         else:
             self.idle.append(connection)

@@ -8,6 +8,12 @@ a chunk and added 1-3 ms at p99 on 2 cores.
 A client connection serves its requests in order: a pipelined request waits (its connection unread) until those
 before it are answered. Protocol upgrades are refused (501): a relayed WebSocket could not be measured, and a
 half-relayed one would hang.
+
+Client connections are bounded in number and in time (``Settings``): beyond ``max_connections`` a new one is
+answered 503 and closed; one timer per connection runs only while nothing is being answered on it, the idle timeout
+between requests, or the head timeout from a request head's first byte until its last. Timers are armed and
+cancelled at request boundaries (``on_message_begin``, ``on_headers_complete``, the end of an answer), never per
+chunk, and a response being relayed is never under either.
 """
 
 from __future__ import annotations
@@ -82,6 +88,13 @@ class Answer:
         return cls(http1.json_error(status, kind, message, close=True), close=True)
 
 
+#: Seconds a refused connection (503, too many connections) is kept, half-closed, for its client to read the answer
+#: and close: closing at once, with the client's request unread, would reset the connection and lose the answer.
+REFUSED_LINGER_S = 1.0
+#: Retry-After of that 503, in seconds.
+RETRY_AFTER_S = 1
+
+
 class ClientProtocol(HeadReader, asyncio.Protocol):
     """One client connection: its requests parsed by httptools and relayed one at a time, in order."""
 
@@ -94,6 +107,9 @@ class ClientProtocol(HeadReader, asyncio.Protocol):
         self.hops: deque[Hop | Answer] = deque()  # in the order of the requests; the first is being answered
         self.parsing: Hop | Answer | None = None
         self.feeding = False  # inside data_received: what a hop writes upstream waits for the end of the read
+        self.in_head = False  # a request head has begun and is not complete
+        self.refused = False  # over max_connections: answered 503, everything it sends is discarded
+        self._timer: asyncio.TimerHandle | None = None  # the idle or the head timeout, whichever applies now
 
     # -- the connection
 
@@ -102,11 +118,41 @@ class ClientProtocol(HeadReader, asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self.flow = FlowControl(transport)
+        sidecar = self.sidecar
+        if len(sidecar.connections) >= sidecar.settings.max_connections:
+            self._refuse_connection(transport)
+            return
         no_delay(transport)
-        self.sidecar.connections.add(self)
+        sidecar.connections.add(self)
+        sidecar.stats.connections = len(sidecar.connections)
+        self._wait()
+
+    def _refuse_connection(self, transport: asyncio.Transport) -> None:
+        """503 and Retry-After, then close: the accept is spent already, but the connection holds nothing more
+        than its descriptor for at most REFUSED_LINGER_S."""
+        sidecar = self.sidecar
+        sidecar.stats.refused_connections += 1
+        sidecar.refused.add(self)
+        self.refused = True
+        message = "the tokenlat sidecar has its maximum of client connections"
+        retry = ((b"Retry-After", str(RETRY_AFTER_S).encode()),)
+        transport.write(http1.json_error(503, "too_many_connections", message, close=True, extra=retry))
+        if transport.can_write_eof():
+            transport.write_eof()  # the client reads the answer, then its end, and closes: then so does this side
+            self._timer = asyncio.get_running_loop().call_later(REFUSED_LINGER_S, transport.abort)
+        else:
+            transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.refused:
+            self.sidecar.refused.discard(self)
+            self.transport = None
+            return
         self.sidecar.connections.discard(self)
+        self.sidecar.stats.connections = len(self.sidecar.connections)
         self.transport = None
         for item in self.hops:
             if isinstance(item, Hop) and item.started:  # only the first; the ones queued behind never started
@@ -151,7 +197,46 @@ class ClientProtocol(HeadReader, asyncio.Protocol):
         if isinstance(hop, Hop) and hop.upstream is not None:
             hop.upstream.flow.resume_reading()
 
+    # -- the connection's timers: armed and cancelled at request boundaries only
+
+    def _wait(self) -> None:
+        """Nothing is being answered: arm the head timeout if a request head has begun, else the idle timeout."""
+        if self.transport is None or self.hops or self.parsing is not None:
+            return  # a request is being answered, or its body read: no timeout applies
+        if self._timer is not None:
+            self._timer.cancel()
+        sidecar = self.sidecar
+        loop = sidecar.loop or asyncio.get_running_loop()
+        if self.in_head:
+            self._timer = loop.call_later(sidecar.settings.head_timeout, self._head_timed_out)
+        else:
+            self._timer = loop.call_later(sidecar.settings.idle_timeout, self._idle_timed_out)
+
+    def _busy(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _idle_timed_out(self) -> None:
+        self._timer = None
+        if self.transport is None or self.hops or self.parsing is not None or self.in_head:
+            return
+        self.sidecar.stats.idle_timeouts += 1
+        self.close()
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        if self.transport is None or self.hops or not self.in_head:
+            return
+        self.sidecar.stats.head_timeouts += 1
+        self.pause_reading()
+        message = f"the request head did not arrive within {self.sidecar.settings.head_timeout:g} s"
+        self.write(http1.json_error(408, "request_timeout", message, close=True))
+        self.close()
+
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return  # read and dropped, so that the connection closes cleanly once the client has its 503
         self.feeding = True
         try:
             self.parser.feed_data(data)
@@ -178,7 +263,15 @@ class ClientProtocol(HeadReader, asyncio.Protocol):
 
     # -- httptools callbacks (and HeadReader's)
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.in_head = True
+        self._busy()
+        self._wait()  # the head timeout, unless an earlier request is still being answered (then it waits for it)
+
     def on_headers_complete(self) -> None:
+        self.in_head = False
+        self._busy()
         sidecar, parser = self.sidecar, self.parser
         arrival = sidecar.metrics.clock()
         target = bytes(self._start_line)
@@ -218,6 +311,7 @@ class ClientProtocol(HeadReader, asyncio.Protocol):
         parsing, self.parsing = self.parsing, None
         if isinstance(parsing, Hop):
             parsing.body_end()
+            self._wait()  # its response may have ended before its body did
         elif parsing is not None and parsing is self.active:
             self._answer(parsing)
 
@@ -251,6 +345,7 @@ class ClientProtocol(HeadReader, asyncio.Protocol):
             self._start(self.hops[0])
         else:
             self.resume_reading()
+            self._wait()
 
 
 class UpstreamProtocol(HeadReader, asyncio.Protocol):

@@ -18,7 +18,15 @@ from tokenlat.sidecar import control
 from tokenlat.sidecar.measure import Measurer
 from tokenlat.sidecar.pool import UpstreamPool
 from tokenlat.sidecar.protocol import ClientProtocol, UpstreamProtocol
-from tokenlat.sidecar.settings import Settings, Upstream, validate_upstream
+from tokenlat.sidecar.settings import (
+    HEAD_TIMEOUT_S,
+    IDLE_TIMEOUT_S,
+    MAX_IDLE_UPSTREAM,
+    Settings,
+    Upstream,
+    default_max_connections,
+    validate_upstream,
+)
 from tokenlat.sidecar.stats import SidecarStats
 
 log = logging.getLogger("tokenlat.sidecar")
@@ -48,6 +56,13 @@ class Sidecar:
     (and hold) before it judges the response on them; the bytes themselves are relayed at once.
     ``measure=False`` relays and counts, and records nothing: the benchmark's control, what relaying alone costs.
 
+    Connection limits, each counted in ``stats``: ``idle_timeout`` seconds a keep-alive client connection may sit
+    between requests before it is closed; ``head_timeout`` seconds a request head, once begun, has to arrive whole
+    (else 408 and the connection closes); ``max_connections`` client connections at most (None: 1,000, or fewer
+    when the file-descriptor limit could not hold them), beyond which a new connection is answered 503 with
+    ``Retry-After`` and closed; ``max_idle_upstream`` idle upstream connections kept for reuse. A response being
+    relayed is never cut by a timeout: they run only between requests and while a request head is incomplete.
+
     Bad settings raise ValueError here, before anything listens.
     """
 
@@ -64,12 +79,25 @@ class Sidecar:
         max_line_bytes: int = 1 << 20,
         detect_bytes: int = DETECT_BYTES,
         measure: bool = True,
+        idle_timeout: float = IDLE_TIMEOUT_S,
+        head_timeout: float = HEAD_TIMEOUT_S,
+        max_connections: int | None = None,
+        max_idle_upstream: int = MAX_IDLE_UPSTREAM,
     ) -> None:
         fmt = None if fmt in (None, "auto") else fmt
         if fmt is not None and fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}: must be auto or one of {', '.join(FORMATS)}")
         if detect_bytes < 1:
             raise ValueError(f"detect_bytes must be at least 1, got {detect_bytes}")
+        for name, timeout in (("idle_timeout", idle_timeout), ("head_timeout", head_timeout)):
+            if not timeout > 0:
+                raise ValueError(f"{name} must be more than 0 seconds, got {timeout}")
+        if max_idle_upstream < 0:
+            raise ValueError(f"max_idle_upstream must be at least 0, got {max_idle_upstream}")
+        if max_connections is None:
+            max_connections = default_max_connections(max_idle_upstream)
+        elif max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
         self.settings = Settings(
             upstream=validate_upstream(upstream),
             fmt=fmt,
@@ -80,13 +108,19 @@ class Sidecar:
             max_line_bytes=max_line_bytes,
             detect_bytes=detect_bytes,
             measure=measure,
+            idle_timeout=idle_timeout,
+            head_timeout=head_timeout,
+            max_connections=max_connections,
+            max_idle_upstream=max_idle_upstream,
         )
         self.metrics = metrics
         self.stats = SidecarStats()
         self.measurer = Measurer(self.settings, metrics, self.stats)
         self.upstream = Upstream.of(self.settings.upstream)
-        self.pool = UpstreamPool(self.upstream, lambda: UpstreamProtocol(self))
+        self.pool = UpstreamPool(self.upstream, lambda: UpstreamProtocol(self), self.stats, max_idle_upstream)
         self.connections: set[ClientProtocol] = set()
+        self.refused: set[ClientProtocol] = set()  # answered 503 (too many connections), closing
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop it serves in, for the connections' timers
         self.draining = False
         self._idle: asyncio.Event | None = None  # set whenever no request is in flight; made in the loop
         self._server: asyncio.Server | None = None
@@ -98,6 +132,7 @@ class Sidecar:
         """Serve on ``host``:``port`` in the running loop; returns the bound port (``port`` 0 picks a free one)."""
         if self._server is not None:
             raise RuntimeError("this sidecar has been started already")
+        self.loop = asyncio.get_running_loop()
         self._idle = asyncio.Event()
         if self.stats.in_flight == 0:
             self._idle.set()
@@ -145,11 +180,11 @@ class Sidecar:
         self.begin_drain()
         if self._server is not None:
             self._server.close()
-        for connection in list(self.connections):
+        for connection in [*self.connections, *self.refused]:
             connection.abort()
         # abort() reports connection_lost in a later turn of the loop, where what was cut is recorded as cancelled:
         # yield until every connection has, so that close() returns with everything recorded (then flushed).
-        while self.connections:
+        while self.connections or self.refused:
             await asyncio.sleep(0)
         self.pool.close()
         self.measurer.measure_now()

@@ -15,6 +15,36 @@ from yarl import URL
 # long prompt can legitimately take minutes to its first token.
 CONNECT_TIMEOUT_S = 10.0
 
+# Client connections. The idle timeout is nginx's keepalive_timeout: longer than the idle timeouts of the load
+# balancers and gateways that keep connections to the sidecar alive (60 s on AWS's ALB and GCP's), so that they
+# close an idle connection before the sidecar does, and never send a request on one it is closing.
+IDLE_TIMEOUT_S = 75.0
+# A request head (some hundred bytes to a few KiB) that has not arrived whole in 10 s is a slowloris, not a client.
+HEAD_TIMEOUT_S = 10.0
+# Client connections at most, when the file-descriptor limit allows as many (``max_connections``).
+MAX_CONNECTIONS = 1000
+# Idle upstream connections kept for reuse: the benchmark's 100 concurrent streams reuse theirs; beyond that, a
+# new connection to a model server in the same pod costs a local handshake.
+MAX_IDLE_UPSTREAM = 100
+# File descriptors kept for everything but connections: the listening socket, telemetry exports, logs.
+RESERVED_FDS = 64
+
+
+def default_max_connections(max_idle_upstream: int, limit: int | None = None) -> int:
+    """The default cap on client connections: MAX_CONNECTIONS, or fewer when the file-descriptor limit (the soft
+    RLIMIT_NOFILE, or ``limit``) could not hold them. Each connection with a request in flight holds two
+    descriptors (the client's and its upstream's), the idle upstream pool up to ``max_idle_upstream`` more."""
+    if limit is None:
+        try:
+            import resource
+
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ImportError, OSError, ValueError):  # no such limit on this platform
+            return MAX_CONNECTIONS
+        if limit == resource.RLIM_INFINITY:
+            return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, (limit - RESERVED_FDS - max_idle_upstream) // 2))
+
 
 def validate_upstream(upstream: str) -> str:
     """The upstream base URL without a trailing slash; ValueError says what is wrong with it."""
@@ -68,3 +98,7 @@ class Settings:
     max_line_bytes: int
     detect_bytes: int
     measure: bool
+    idle_timeout: float = IDLE_TIMEOUT_S
+    head_timeout: float = HEAD_TIMEOUT_S
+    max_connections: int = MAX_CONNECTIONS
+    max_idle_upstream: int = MAX_IDLE_UPSTREAM

@@ -26,6 +26,12 @@ class SidecarStats:
     looked like streams), ``upstream_errors`` (4xx/5xx responses and error events inside streams),
     ``upstream_resets``, ``client_disconnects`` (including streams cut by the drain timeout), the parsers'
     malformed events and oversized lines, and ``in_flight`` (requests being proxied now).
+
+    The connection limits count apart from requests: ``idle_timeouts`` (keep-alive connections closed after the
+    idle timeout between requests), ``head_timeouts`` (connections closed with a 408 because a request head did not
+    arrive whole in time), ``refused_connections`` (answered 503 because the sidecar had its maximum of client
+    connections), ``upstream_idle_closed`` (upstream connections closed instead of kept, the idle pool being full),
+    and ``connections`` (client connections open now).
     """
 
     requests: int = 0
@@ -40,3 +46,8 @@ class SidecarStats:
     oversized_lines: int = 0
     rejected: int = 0
     in_flight: int = 0
+    idle_timeouts: int = 0
+    head_timeouts: int = 0
+    refused_connections: int = 0
+    upstream_idle_closed: int = 0
+    connections: int = 0

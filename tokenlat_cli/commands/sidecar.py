@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import click
 
@@ -12,6 +13,7 @@ from tokenlat import listening
 from tokenlat.detect import DETECT_BYTES
 from tokenlat.parsers import FORMATS
 from tokenlat.sidecar import LISTENING_NAME, Sidecar, loops, validate_upstream
+from tokenlat.sidecar.settings import HEAD_TIMEOUT_S, IDLE_TIMEOUT_S, MAX_CONNECTIONS, MAX_IDLE_UPSTREAM
 from tokenlat_cli import stopping
 from tokenlat_cli.stopping import Stopper
 
@@ -63,6 +65,7 @@ async def _run(
     provider: str | None,
     drain_timeout: float,
     detect_bytes: int,
+    limits: dict[str, Any],
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -79,6 +82,7 @@ async def _run(
         request_id_header=request_id_header,
         provider=provider,
         detect_bytes=detect_bytes,
+        **limits,
     )
     with stopping.on_stop(request_stop):  # called at once when the signal came before the loop ran
         bound = await sidecar.start(host, port)
@@ -147,6 +151,39 @@ async def _run(
     help="Seconds in-flight streams get to finish after SIGTERM/SIGINT.",
 )
 @click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=IDLE_TIMEOUT_S,
+    show_default=True,
+    metavar="S",
+    help="Seconds a keep-alive client connection may stay idle between requests before it is closed (longer than "
+    "the idle timeout of a load balancer in front, 60 s on most). Never applies while a response streams.",
+)
+@click.option(
+    "--head-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=HEAD_TIMEOUT_S,
+    show_default=True,
+    metavar="S",
+    help="Seconds a request head has, from its first byte, to arrive whole; else 408 and the connection closes.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help=f"Client connections at most; beyond them a new one gets 503 with Retry-After. [default: {MAX_CONNECTIONS}, "
+    "or fewer when the file-descriptor limit (ulimit -n) could not hold them]",
+)
+@click.option(
+    "--max-idle-upstream",
+    type=click.IntRange(min=0),
+    default=MAX_IDLE_UPSTREAM,
+    show_default=True,
+    metavar="N",
+    help="Idle upstream connections kept alive for reuse; one released beyond them is closed.",
+)
+@click.option(
     "--loop",
     "loop",
     type=click.Choice(loops.LOOPS),
@@ -163,6 +200,10 @@ def sidecar(
     provider: str | None,
     drain_timeout: float,
     detect_bytes: int,
+    idle_timeout: float,
+    head_timeout: float,
+    max_connections: int | None,
+    max_idle_upstream: int,
     loop: str,
 ) -> None:
     """Proxy a model server and record the token latency of its streams, without touching the server.
@@ -199,6 +240,12 @@ def sidecar(
                     provider,
                     drain_timeout,
                     detect_bytes,
+                    {
+                        "idle_timeout": idle_timeout,
+                        "head_timeout": head_timeout,
+                        "max_connections": max_connections,
+                        "max_idle_upstream": max_idle_upstream,
+                    },
                 ),
                 loop,
             )
