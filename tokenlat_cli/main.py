@@ -8,30 +8,11 @@ Importing a command only when it is invoked keeps each one to its own extra (``t
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 
 import click
 
 from tokenlat.extras import MissingExtra, require
-
-
-@dataclass(frozen=True)
-class Command:
-    extra: str
-    summary: str  # the listing's line, so `tokenlat --help` works without any command's extra (a test keeps it true)
-
-    def module(self, name: str) -> str:
-        return f"tokenlat_cli.commands.{name}"
-
-
-COMMANDS: dict[str, Command] = {
-    "render": Command("cli", "Render the Collector configuration of a profile."),
-    "verify": Command("cli", "Prove the path end to end: known token timings through the real Collector and backend."),
-    "profiles": Command("cli", "List the built-in profiles with their descriptions."),
-    "sidecar": Command(
-        "sidecar", "Proxy a model server and record the token latency of its streams, without touching the server."
-    ),
-}
+from tokenlat_cli.commands import COMMANDS
 
 
 class LazyGroup(click.Group):

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from tokenlat import extras
-from tokenlat_cli.main import COMMANDS, cli
+from tokenlat_cli.commands import COMMANDS
+from tokenlat_cli.main import cli
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
