@@ -68,6 +68,7 @@ async def _run(
     limits: dict[str, Any],
 ) -> None:
     loop = asyncio.get_running_loop()
+    stopping.reclaim_wakeup_fd()  # uvloop took it when it started
     stop = asyncio.Event()
 
     def request_stop() -> None:  # in the Stopper's thread: hand the request to the loop's
