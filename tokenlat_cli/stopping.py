@@ -200,8 +200,9 @@ def reclaim_wakeup_fd() -> None:
     An event loop may take the wakeup fd for itself when it starts (uvloop does). Signals then reach the watcher
     only through the Python-level handler, which runs when the main thread next runs Python code. In one CI run
     under uvloop, a second signal sent right after the first did not cut the sidecar's drain (the cause was not
-    pinned down); this takes that path out of the way. Taken back, the C-level handler writes every signal straight to the watcher's pipe again; the loop needs none
-    (nothing here registers a loop signal handler), and gives the fd back to its previous owner when it closes.
+    pinned down); this takes that path out of the way. Taken back, the C-level handler writes every signal
+    straight to the watcher's pipe again; the loop needs none (nothing here registers a loop signal handler), and
+    gives the fd back to its previous owner when it closes.
     """
     stopper = _current
     if stopper is not None and stopper._installed:
