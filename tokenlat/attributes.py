@@ -50,6 +50,13 @@ ID_KINDS = (
 # "gen_ai.request.id", "session-id", "tokenlat_user_id_hash". Case-insensitive: "UserID", "requestid".
 ID_LIKE_KEY = re.compile(rf"(^|[._-])({'|'.join(ID_KINDS)})[._-]?id([._-]hash)?$", re.IGNORECASE)
 # camelCase humps become word boundaries first ("endUserId" -> "end_User_Id", "HTTPRequestId" -> "HTTP_Request_Id").
+# The value an attribute is recorded with when its real value is not admitted (the sidecar's model names beyond its
+# allowlist or cap; in the Collector, values outside a profile's metrics.values): one bounded series instead of many.
+OTHER_VALUE = "_other"
+# Attribute values are cut to this many characters: a value is a label, not a payload, and nothing bounds what an
+# integration passes through (Prometheus keeps every label value in its index, whole).
+MAX_VALUE_CHARS = 256
+
 _CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
@@ -70,7 +77,10 @@ class AttributePolicy:
         self,
         allowed: Iterable[str] = semconv.METRIC_ATTRIBUTES,
         logger: logging.Logger | None = None,
+        max_value_chars: int = MAX_VALUE_CHARS,
     ) -> None:
+        if max_value_chars < 1:
+            raise ValueError(f"max_value_chars must be at least 1, got {max_value_chars}")
         if isinstance(allowed, str):
             # A lone string would silently become an allowlist of its characters.
             raise TypeError("allowed must be an iterable of attribute keys, not a single str")
@@ -86,6 +96,8 @@ class AttributePolicy:
         self._logger = logger if logger is not None else logging.getLogger("tokenlat")
         self._lock = threading.Lock()
         self._dropped: dict[str, int] = {}
+        self._max_value_chars = max_value_chars
+        self._truncated = 0
 
     @property
     def allowed(self) -> frozenset[str]:
@@ -98,12 +110,24 @@ class AttributePolicy:
         with self._lock:
             return dict(self._dropped)
 
+    @property
+    def truncated(self) -> int:
+        """How many attribute values were cut to ``max_value_chars``."""
+        return self._truncated
+
     def filter(self, attributes: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
-        """Return only the allowed attributes; count (and, the first time, log) every dropped key."""
+        """Return only the allowed attributes, string values cut to ``max_value_chars``; count (and, the first
+        time, log) every dropped key, count every cut value."""
         allowed = self._allowed
         kept = {key: value for key, value in attributes.items() if key in allowed}
         if len(kept) != len(attributes):
             self._record_drops([key for key in attributes if key not in allowed])
+        limit = self._max_value_chars
+        for key, value in kept.items():
+            if isinstance(value, str) and len(value) > limit:
+                kept[key] = value[:limit]
+                with self._lock:
+                    self._truncated += 1
         return kept
 
     def _record_drops(self, keys: list[str]) -> None:

@@ -45,6 +45,7 @@ Attributes = Mapping[str, AttributeValue]
 logger = logging.getLogger("tokenlat")
 
 DROPPED_ATTRIBUTES = "tokenlat.attributes.dropped"
+TRUNCATED_ATTRIBUTES = "tokenlat.attributes.truncated"
 # error.type for a request the consumer abandoned (client disconnect, close(), aclose(), task cancellation).
 CANCELLED = "cancelled"
 
@@ -113,6 +114,10 @@ class TokenMetrics:
             DROPPED_ATTRIBUTES, [self._observe_dropped], unit="{attribute}",
             description="Attribute keys dropped by the metric attribute allowlist",
         )  # fmt: skip
+        self._meter.create_observable_counter(
+            TRUNCATED_ATTRIBUTES, [self._observe_truncated], unit="{attribute}",
+            description="Attribute values cut to the allowlist's maximum length",
+        )  # fmt: skip
         self._counters: dict[str, Count] = {}
         # Exported from the start, at 0, so that an alert on its increase needs no absent() case.
         self._export(
@@ -131,6 +136,9 @@ class TokenMetrics:
 
     def _observe_dropped(self, options: CallbackOptions) -> list[Observation]:
         return [Observation(sum(self.policy.dropped.values()))]
+
+    def _observe_truncated(self, options: CallbackOptions) -> list[Observation]:
+        return [Observation(self.policy.truncated)]
 
     def count(self, name: str, unit: str, description: str) -> Count:
         """A process-wide count, exported as a monotonic counter ``name``: one per name, whoever asks for it.

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tokenlat import semconv
-from tokenlat.attributes import AttributePolicy
+from tokenlat.attributes import MAX_VALUE_CHARS, AttributePolicy
 
 LOGGER = "tokenlat.test_attributes"
 
@@ -171,3 +171,20 @@ def test_thread_safety_counts_add_up_and_warn_once(caplog: pytest.LogCaptureFixt
     assert policy.dropped == expected
     warned = sorted(r.args[0] for r in caplog.records if r.name == LOGGER)  # type: ignore[index]
     assert warned == sorted(expected)  # exactly one warning per distinct key, despite the races
+
+
+def test_long_values_are_cut_and_counted(policy: AttributePolicy, caplog: pytest.LogCaptureFixture) -> None:
+    long = "m" * (MAX_VALUE_CHARS + 10)
+    kept = policy.filter({semconv.GEN_AI_REQUEST_MODEL: long, semconv.GPU_TYPE: "H20", semconv.USER_TIER: 7})
+    assert kept == {semconv.GEN_AI_REQUEST_MODEL: long[:MAX_VALUE_CHARS], semconv.GPU_TYPE: "H20", semconv.USER_TIER: 7}
+    assert policy.filter({semconv.GEN_AI_REQUEST_MODEL: "m" * MAX_VALUE_CHARS}) == {
+        semconv.GEN_AI_REQUEST_MODEL: "m" * MAX_VALUE_CHARS
+    }
+    assert policy.truncated == 1
+    assert long not in caplog.text
+
+
+def test_the_value_limit_is_settable_and_checked() -> None:
+    assert AttributePolicy(max_value_chars=3).filter({semconv.GPU_TYPE: "H20-96G"}) == {semconv.GPU_TYPE: "H20"}
+    with pytest.raises(ValueError, match="max_value_chars"):
+        AttributePolicy(max_value_chars=0)

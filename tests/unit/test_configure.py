@@ -14,7 +14,7 @@ from tests.otel_helpers import MODEL, CapturingExporter
 from tokenlat import semconv
 from tokenlat.configure import ConfigurationError, Telemetry, configure, parse_attributes
 from tokenlat.histograms import DEFAULT_MAX_ATTRIBUTE_SETS, TokenlatMetricExporter
-from tokenlat.recorder import ATTRIBUTE_OVERFLOW, DROPPED_ATTRIBUTES
+from tokenlat.recorder import ATTRIBUTE_OVERFLOW, DROPPED_ATTRIBUTES, TRUNCATED_ATTRIBUTES
 
 
 def _inner_exporter(telemetry: Telemetry) -> object:
@@ -136,7 +136,7 @@ def _export(histogram: str) -> dict[str, object]:
     telemetry.shutdown()
     names = {spec.name for spec in semconv.ALL_METRICS}
     exported = capture.metrics()
-    assert set(exported) == {*names, DROPPED_ATTRIBUTES, ATTRIBUTE_OVERFLOW}
+    assert set(exported) == {*names, DROPPED_ATTRIBUTES, TRUNCATED_ATTRIBUTES, ATTRIBUTE_OVERFLOW}
     return {name: exported[name].data.data_points[0] for name in names}
 
 

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from tests.conftest import REPO
 from tokenlat import recorder, semconv, sidecar
 from tokenlat.parsers import FORMATS
+from tokenlat.sidecar.models import OTHER_MODELS
 from tokenlat_cli.commands.sidecar import sidecar as sidecar_command
 from tokenlat_cli.main import cli
 
@@ -23,7 +24,13 @@ def test_metrics_doc_covers_the_contract() -> None:
         assert f"`{key}`" in doc, key
     for key in (semconv.USER_ID_HASH, semconv.REQUEST_ID):
         assert f"`{key}`" in doc, key
-    for counter in (recorder.DROPPED_ATTRIBUTES, sidecar.UNRECOGNISED_STREAMS):  # tokenlat's own counters
+    own_counters = (
+        recorder.DROPPED_ATTRIBUTES,
+        recorder.TRUNCATED_ATTRIBUTES,
+        sidecar.UNRECOGNISED_STREAMS,
+        OTHER_MODELS,
+    )
+    for counter in own_counters:
         assert f"`{counter}`" in doc, counter
         assert f"`{counter.replace('.', '_')}_total`" in doc, counter
 

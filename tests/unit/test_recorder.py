@@ -20,10 +20,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.otel_helpers import MODEL, Pipeline, point
 from tokenlat import semconv
+from tokenlat.attributes import MAX_VALUE_CHARS
 from tokenlat.buckets import BucketLayout
 from tokenlat.histograms import EXPONENTIAL_SCALE, ZERO, explicit_index, exponential_index
 from tokenlat.privacy import UserIdHasher
-from tokenlat.recorder import ATTRIBUTE_OVERFLOW, CANCELLED, DROPPED_ATTRIBUTES, TokenMetrics
+from tokenlat.recorder import ATTRIBUTE_OVERFLOW, CANCELLED, DROPPED_ATTRIBUTES, TRUNCATED_ATTRIBUTES, TokenMetrics
 from tokenlat.stream import instrument
 
 # The default layout's inter-token boundaries (geometric, 5%): what a TokenMetrics records with.
@@ -312,6 +313,16 @@ def test_dropped_attributes_are_exported_as_a_counter(pipeline: Pipeline) -> Non
     pipeline.metrics.request({**MODEL, "http.route": "/x", "pod": "p-1"}).finish()
     (point,) = pipeline.collect()[DROPPED_ATTRIBUTES].data.data_points
     assert point.value == 2
+
+
+def test_cut_attribute_values_are_exported_as_a_counter(pipeline: Pipeline) -> None:
+    long_model = {semconv.GEN_AI_REQUEST_MODEL: "m" * 1000}
+    pipeline.metrics.request(long_model).finish()
+    metrics = pipeline.collect()
+    (point,) = metrics[TRUNCATED_ATTRIBUTES].data.data_points
+    assert point.value == 1
+    (duration,) = metrics[semconv.REQUEST_DURATION].data.data_points
+    assert len(duration.attributes[semconv.GEN_AI_REQUEST_MODEL]) == MAX_VALUE_CHARS
 
 
 def test_the_overflow_counter_is_one_of_the_process_counters() -> None:

@@ -45,6 +45,7 @@ from tests.otel_helpers import CapturingExporter
 from tests.streams import CASES, Case, completing_bytes
 from tests.subprocesses import read_line, stop
 from tokenlat import semconv
+from tokenlat.attributes import OTHER_VALUE
 from tokenlat.configure import Telemetry, configure
 from tokenlat.sidecar import (
     HEALTH_PATH,
@@ -61,6 +62,7 @@ from tokenlat.sidecar import (
     validate_upstream,
 )
 from tokenlat.sidecar.measure import Exchange
+from tokenlat.sidecar.models import MAX_MODEL_CHARS, OTHER_MODELS
 from tokenlat.sidecar.protocol import RETRY_AFTER_S, ClientProtocol
 from tokenlat.sidecar.settings import MAX_CONNECTIONS, default_max_connections
 from tokenlat_cli.main import cli
@@ -1485,3 +1487,57 @@ def test_loops_run_returns_what_the_coroutine_returns() -> None:
 
     assert loops.run(answer(), "uvloop") == "uvloop"
     assert loops.run(answer(), "asyncio") == "asyncio"
+
+
+# --------------------------------------------------------------------------- model names from clients
+
+
+def recorded_models(metrics: dict[str, Metric]) -> collections.Counter[tuple[Any, Any]]:
+    """(request model, response model) -> requests, from the duration histogram."""
+    counts: collections.Counter[tuple[Any, Any]] = collections.Counter()
+    for dp in points(metrics, semconv.REQUEST_DURATION):
+        attrs = dp.attributes
+        counts[attrs.get(semconv.GEN_AI_REQUEST_MODEL), attrs.get(semconv.GEN_AI_RESPONSE_MODEL)] += dp.count
+    return counts
+
+
+def stream_models(otel: Otel, names: list[str], **options: Any) -> dict[str, Metric]:
+    """One stream per name, one after another, through a sidecar with ``options``; the synthetic server answers
+    with the model the request named, so both attributes come from the client."""
+
+    async def body() -> None:
+        async with (
+            running_synthetic() as (upstream, _),
+            running_sidecar(upstream, otel, **options) as sidecar,
+            aiohttp.ClientSession() as session,
+        ):
+            for model in names:
+                reply = await fetch(session, "POST", sidecar.url + CHAT, json=chat_body(model))
+                assert reply.status == 200
+
+    run(body)
+    return otel.collect()
+
+
+def test_model_names_beyond_the_cap_are_recorded_as_other(otel: Otel, caplog: pytest.LogCaptureFixture) -> None:
+    long = "x" * (MAX_MODEL_CHARS + 1)
+    with caplog.at_level(logging.WARNING, logger="tokenlat.sidecar"):
+        metrics = stream_models(otel, ["a", "b", "c", "a", "d", "b", long], max_models=2)
+    assert recorded_models(metrics) == {("a", "a"): 2, ("b", "b"): 2, (OTHER_VALUE, OTHER_VALUE): 3}
+    (other,) = metrics[OTHER_MODELS].data.data_points
+    assert other.value == 6  # three requests, each with a request and a response model
+    warnings = [r for r in caplog.records if "recorded as" in r.getMessage()]
+    assert len(warnings) == 1 and "--max-models 2" in warnings[0].getMessage()
+    assert "c" not in warnings[0].args and long not in caplog.text  # client-chosen names are never logged
+
+
+def test_an_allowlist_of_model_names_admits_only_those(otel: Otel) -> None:
+    metrics = stream_models(otel, ["qwen", "llama", "qwen", "mistral"], models=["qwen", "mistral"], max_models=0)
+    assert recorded_models(metrics) == {("qwen", "qwen"): 2, ("mistral", "mistral"): 1, (OTHER_VALUE, OTHER_VALUE): 1}
+
+
+def test_model_name_settings_are_checked(otel: Otel) -> None:
+    with pytest.raises(TypeError, match="single str"):
+        Sidecar("http://127.0.0.1:1", otel.telemetry.metrics, models="qwen")
+    with pytest.raises(ValueError, match="max_models"):
+        Sidecar("http://127.0.0.1:1", otel.telemetry.metrics, max_models=-1)

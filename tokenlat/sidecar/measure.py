@@ -26,6 +26,7 @@ from tokenlat.detect import ResponseReader, TimedEvent, detect_format, media_typ
 from tokenlat.parsers import FORMATS, StreamEvent, request_model
 from tokenlat.recorder import RequestRecorder, TokenMetrics
 from tokenlat.sidecar import http1
+from tokenlat.sidecar.models import OTHER_MODELS, ModelNames
 from tokenlat.sidecar.settings import Settings
 from tokenlat.sidecar.stats import PARSER_FAILURE, UNRECOGNISED_STREAMS, UPSTREAM_ERROR, SidecarStats
 
@@ -124,11 +125,12 @@ class Exchange:
         provider = settings.provider or _PROVIDER_OF_FORMAT.get(fmt or settings.fmt or "")
         if provider:
             attributes[semconv.GEN_AI_PROVIDER_NAME] = provider
+        models = self.measurer.models
         model = request_model(self.body) if self.body else None
         if model:
-            attributes[semconv.GEN_AI_REQUEST_MODEL] = model
+            attributes[semconv.GEN_AI_REQUEST_MODEL] = models.admit(model)
         if self.response_model:
-            attributes[semconv.GEN_AI_RESPONSE_MODEL] = self.response_model
+            attributes[semconv.GEN_AI_RESPONSE_MODEL] = models.admit(self.response_model)
         return attributes
 
     def _new_recorder(self) -> RequestRecorder:
@@ -246,6 +248,11 @@ class Measurer:
         self.stats = stats
         self.unrecognised = metrics.count(
             UNRECOGNISED_STREAMS, "{response}", "Responses that looked like token streams but matched no format"
+        )
+        self.models = ModelNames(
+            metrics.count(OTHER_MODELS, "{name}", "Model names recorded as _other (beyond --model or --max-models)"),
+            settings.models,
+            settings.max_models,
         )
         self._warned: set[tuple[str, str]] = set()  # (path, content type) pairs warned about as unrecognised
         # Chunks relayed but not yet measured, in arrival order, and whether a callback will measure them.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 
 from tokenlat import listening
 from tokenlat.detect import DETECT_BYTES
@@ -16,6 +17,7 @@ from tokenlat.parsers import FORMATS
 from tokenlat.recorder import TokenMetrics
 from tokenlat.sidecar import control
 from tokenlat.sidecar.measure import Measurer
+from tokenlat.sidecar.models import MAX_MODELS
 from tokenlat.sidecar.pool import UpstreamPool
 from tokenlat.sidecar.protocol import ClientProtocol, UpstreamProtocol
 from tokenlat.sidecar.settings import (
@@ -63,6 +65,9 @@ class Sidecar:
     ``Retry-After`` and closed; ``max_idle_upstream`` idle upstream connections kept for reuse. A response being
     relayed is never cut by a timeout: they run only between requests and while a request head is incomplete.
 
+    Model names come from clients (the request body, the stream), so they are bounded (tokenlat/sidecar/models.py):
+    ``models``, an allowlist, or else the first ``max_models`` distinct names; any other is recorded as ``_other``.
+
     Bad settings raise ValueError here, before anything listens.
     """
 
@@ -83,6 +88,8 @@ class Sidecar:
         head_timeout: float = HEAD_TIMEOUT_S,
         max_connections: int | None = None,
         max_idle_upstream: int = MAX_IDLE_UPSTREAM,
+        models: Iterable[str] = (),
+        max_models: int = MAX_MODELS,
     ) -> None:
         fmt = None if fmt in (None, "auto") else fmt
         if fmt is not None and fmt not in FORMATS:
@@ -94,6 +101,10 @@ class Sidecar:
                 raise ValueError(f"{name} must be more than 0 seconds, got {timeout}")
         if max_idle_upstream < 0:
             raise ValueError(f"max_idle_upstream must be at least 0, got {max_idle_upstream}")
+        if isinstance(models, str):
+            raise TypeError("models must be an iterable of model names, not a single str")
+        if max_models < 0:
+            raise ValueError(f"max_models must be at least 0, got {max_models}")
         if max_connections is None:
             max_connections = default_max_connections(max_idle_upstream)
         elif max_connections < 1:
@@ -112,6 +123,8 @@ class Sidecar:
             head_timeout=head_timeout,
             max_connections=max_connections,
             max_idle_upstream=max_idle_upstream,
+            models=frozenset(models),
+            max_models=max_models,
         )
         self.metrics = metrics
         self.stats = SidecarStats()

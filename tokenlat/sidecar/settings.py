@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from yarl import URL
 
+from tokenlat.sidecar.models import MAX_MODELS
+
 # Connecting must not hang a client forever on a blackholed upstream; reading must never time out, because a
 # long prompt can legitimately take minutes to its first token.
 CONNECT_TIMEOUT_S = 10.0
@@ -102,3 +104,5 @@ class Settings:
     head_timeout: float = HEAD_TIMEOUT_S
     max_connections: int = MAX_CONNECTIONS
     max_idle_upstream: int = MAX_IDLE_UPSTREAM
+    models: frozenset[str] = frozenset()  # the allowlist of model names; empty: the first max_models seen
+    max_models: int = MAX_MODELS

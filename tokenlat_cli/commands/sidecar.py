@@ -13,6 +13,7 @@ from tokenlat import listening
 from tokenlat.detect import DETECT_BYTES
 from tokenlat.parsers import FORMATS
 from tokenlat.sidecar import LISTENING_NAME, Sidecar, loops, validate_upstream
+from tokenlat.sidecar.models import MAX_MODELS
 from tokenlat.sidecar.settings import HEAD_TIMEOUT_S, IDLE_TIMEOUT_S, MAX_CONNECTIONS, MAX_IDLE_UPSTREAM
 from tokenlat_cli import stopping
 from tokenlat_cli.stopping import Stopper
@@ -185,6 +186,22 @@ async def _run(
     help="Idle upstream connections kept alive for reuse; one released beyond them is closed.",
 )
 @click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="NAME",
+    help="A model name recorded as itself (repeat for each); any other is recorded as _other. Model names come "
+    "from clients: without this, the first --max-models distinct names are recorded and the rest as _other.",
+)
+@click.option(
+    "--max-models",
+    type=click.IntRange(min=0),
+    default=MAX_MODELS,
+    show_default=True,
+    metavar="N",
+    help="Without --model: distinct model names recorded as themselves before the rest become _other.",
+)
+@click.option(
     "--loop",
     "loop",
     type=click.Choice(loops.LOOPS),
@@ -205,6 +222,8 @@ def sidecar(
     head_timeout: float,
     max_connections: int | None,
     max_idle_upstream: int,
+    models: tuple[str, ...],
+    max_models: int,
     loop: str,
 ) -> None:
     """Proxy a model server and record the token latency of its streams, without touching the server.
@@ -246,6 +265,8 @@ def sidecar(
                         "head_timeout": head_timeout,
                         "max_connections": max_connections,
                         "max_idle_upstream": max_idle_upstream,
+                        "models": models,
+                        "max_models": max_models,
                     },
                 ),
                 loop,
