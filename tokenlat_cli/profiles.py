@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from tokenlat import semconv
-from tokenlat.attributes import is_id_like
+from tokenlat.attributes import MAX_VALUE_CHARS, OTHER_VALUE, is_id_like
 from tokenlat.buckets import BucketLayout
 from tokenlat_cli.schema import (
     DURATION,
@@ -30,10 +30,12 @@ from tokenlat_cli.schema import (
     Int,
     IntMap,
     List,
+    ListMap,
     Obj,
     SchemaError,
     Str,
     StrMap,
+    shown,
 )
 
 # A header whose name says it carries a credential must take its value from the environment.
@@ -81,7 +83,11 @@ def _check_client_tls(tls: dict[str, Any], path: str) -> None:
 
 
 def _check_backend(backend: dict[str, Any], path: str) -> None:
-    if urlsplit(backend["endpoint"]).username is not None:
+    try:
+        username = urlsplit(backend["endpoint"]).username
+    except ValueError as exc:  # the pattern lets "http://[::1" through; urlsplit refuses it
+        raise SchemaError(f"{path}.endpoint", f"is not a URL: {exc}") from None
+    if username is not None:
         raise SchemaError(
             f"{path}.endpoint",
             "credentials in the URL are a literal secret; use backend.auth with an environment variable",
@@ -114,6 +120,13 @@ def _check_allowlist(profile: dict[str, Any], path: str) -> None:
     for key in profile["metrics"]["cardinality"]:
         if key not in allowed:
             raise SchemaError(f"metrics.cardinality.{key}", "is not in metrics.attributes")
+    for key in profile["metrics"]["values"]:
+        if key not in allowed:
+            raise SchemaError(f"metrics.values.{key}", "is not in metrics.attributes")
+        if key in profile["metrics"]["cardinality"]:
+            raise SchemaError(
+                f"metrics.cardinality.{key}", f"metrics.values.{key} lists its values already: remove this count"
+            )
     user_ids = set(profile["deidentification"]["user_id_attributes"])
     for i, key in enumerate(profile["metrics"]["attributes"]):
         # Keys that identify a request or a person (the library's rule: it would refuse them at configure()).
@@ -288,6 +301,17 @@ PROFILE_SCHEMA = Obj(
                     default={},
                     minimum=1,
                 ),
+                "values": ListMap(
+                    doc=f"The values an allowlisted attribute may take; the Collector records any other value as "
+                    f"`{OTHER_VALUE}`, so a service that does not bound its own labels (a model name taken from "
+                    "requests) cannot add series. Attributes not listed here take any value.",
+                    default={},
+                ),
+                "max_value_chars": Int(
+                    doc="Attribute values are cut to this many characters in the Collector.",
+                    default=MAX_VALUE_CHARS,
+                    minimum=1,
+                ),
             },
         ),
         "deidentification": Obj(
@@ -388,11 +412,17 @@ def resolve(name_or_path: str) -> Path:
 def _read_yaml(path: Path, source: str) -> Any:
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ProfileError(source, f"byte {exc.start + 1}", "not UTF-8 text") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ProfileError(source, where, f"invalid YAML: {problem}") from None
+    except ValueError as exc:  # a scalar PyYAML cannot build: a date like 2020-13-45, an int of 5,000 digits
+        raise ProfileError(source, "", f"invalid YAML: {exc}") from None
+    except RecursionError:  # [[[[... thousands deep: PyYAML composes recursively
+        raise ProfileError(source, "", "invalid YAML: nested too deeply") from None
 
 
 def _merge(base: Any, override: Any) -> Any:
@@ -413,7 +443,7 @@ def _resolve_extends(raw: Any, source: str, seen: tuple[str, ...]) -> Any:
     base_name = raw["extends"]
     if not isinstance(base_name, str) or base_name not in builtin_names():
         raise ProfileError(
-            source, "extends", f"must name a built-in profile ({', '.join(builtin_names())}), got {base_name!r}"
+            source, "extends", f"must name a built-in profile ({', '.join(builtin_names())}), got {shown(base_name)}"
         )
     if base_name in seen:
         raise ProfileError(

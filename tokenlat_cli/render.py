@@ -16,6 +16,7 @@ from typing import Any
 import jinja2
 
 from tokenlat import semconv
+from tokenlat.attributes import OTHER_VALUE
 from tokenlat.histograms import OVERFLOW_ATTRIBUTE
 from tokenlat_cli.profiles import Profile
 
@@ -61,6 +62,30 @@ def _auth(profile: dict[str, Any]) -> BackendAuth | None:
         # not resolve at the pinned release, and this needs no extra component.
         return BackendAuth("Basic", env_ref(auth["credentials_env"]))
     return None
+
+
+def _metric_guard(profile: dict[str, Any]) -> tuple[list[str], str]:
+    """The metric pipeline's cardinality guard: data-point statements (values outside metrics.values become
+    OTHER_VALUE, then every value is cut to metrics.max_value_chars), and one metric statement that keeps only the
+    allowlisted keys and merges the points left with the same attributes.
+
+    Merging is what makes dropping safe. Points that differed only in a dropped key (a user id) or in a value now
+    replaced would otherwise reach the backend as one series with several samples at one timestamp, which
+    Prometheus refuses (and the whole write request with them). Summing them is right for the counters and
+    histograms services send: cumulative totals of disjoint sets of requests add up.
+    """
+    metrics = profile["metrics"]
+    statements = []
+    for key, values in metrics["values"].items():
+        attr = f"datapoint.attributes[{_ottl_string(key)}]"
+        outside = " and ".join(f"{attr} != {_ottl_string(value)}" for value in values)
+        statements.append(f"set({attr}, {_ottl_string(OTHER_VALUE)}) where {attr} != nil and {outside}")
+    statements.append(f"truncate_all(datapoint.attributes, {metrics['max_value_chars']})")
+    # The library's overflow marker passes with the allowlist: without it, the overflow point of a metric at its cap
+    # of attribute sets would be merged into the point without attributes (one bounded boolean, no cardinality cost).
+    kept = [*metrics["attributes"], OVERFLOW_ATTRIBUTE]
+    allowlist = ", ".join(_ottl_string(key) for key in dict.fromkeys(kept))
+    return statements, f'aggregate_on_attributes("sum", [{allowlist}])'
 
 
 def _deidentify_statements(profile: dict[str, Any]) -> list[str]:
@@ -123,10 +148,7 @@ def template_context(profile: Profile, role: str = "standalone") -> dict[str, An
         if wanted
     ]
     auth = _auth(p) if metrics_pipeline else None
-    # The library's overflow marker passes with the allowlist: without it, the overflow point of a metric at its cap
-    # of attribute sets would reach the backend unlabelled (one bounded boolean, so no cardinality cost).
-    kept = [*p["metrics"]["attributes"], OVERFLOW_ATTRIBUTE]
-    allowlist = ", ".join(_ottl_string(key) for key in dict.fromkeys(kept))
+    datapoint_guard, metric_guard = _metric_guard(p)
     return {
         "profile": profile,
         "p": p,
@@ -142,7 +164,8 @@ def template_context(profile: Profile, role: str = "standalone") -> dict[str, An
         "headers": _backend_headers(p),
         "backend_tls": _backend_tls(p),
         "extension_names": ["health_check"] + (["bearertokenauth/backend"] if auth else []),
-        "metric_allowlist_statement": f"keep_keys(datapoint.attributes, [{allowlist}])",
+        "datapoint_guard_statements": datapoint_guard,
+        "metric_guard_statement": metric_guard,
         "deidentify_statements": _deidentify_statements(p),
         "slow_ttft_condition": (
             f'span.attributes["gen_ai.response.time_to_first_chunk"] != nil and '
@@ -186,12 +209,15 @@ def series_estimate(profile: Profile) -> SeriesEstimate:
     label-value counts and the bucket layout: the cost of accuracy in plain sight."""
     p = profile.data
     declared = p["metrics"]["cardinality"]
+    listed = p["metrics"]["values"]
     combos = 1
     undeclared = []
     for key in p["metrics"]["attributes"]:
         if key in (semconv.GEN_AI_TOKEN_TYPE, semconv.ERROR_TYPE):
             continue  # accounted for per metric below
-        if key in declared:
+        if key in listed:
+            combos *= len(listed[key]) + 1  # and OTHER_VALUE
+        elif key in declared:
             combos *= declared[key]
         else:
             undeclared.append(key)

@@ -9,6 +9,7 @@ path and returns it normalised, or raises ``SchemaError``.
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,19 @@ _MISSING: Any = object()
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 DURATION = re.compile(r"^[0-9]+(ms|s|m|h)$")
 ENV_REFERENCE = re.compile(r"\$\{env:[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}")
+
+
+# A value shown in a message, cut short: a profile's YAML can alias one list into another a few times over (a
+# 400-byte file whose full repr is 500 MB) or hold one very long string, and a message must stay a line.
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 100, 100
+_SHOWN_CHARS = 200
+
+
+def shown(value: object) -> str:
+    """``repr(value)``, cut short where it is long or deep (reprlib never builds the whole of it)."""
+    text = _SHOWN.repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
 
 
 class SchemaError(ValueError):
@@ -67,7 +81,7 @@ class Str(Node):
         if not isinstance(value, str):
             raise SchemaError(path, f"must be a string, got {_type_name(value)}")
         if self.pattern is not None and not self.pattern.match(value):
-            raise SchemaError(path, f"{value!r} is not {self.pattern_hint}")
+            raise SchemaError(path, f"{shown(value)} is not {self.pattern_hint}")
         return value
 
     def describe_type(self) -> str:
@@ -132,7 +146,7 @@ class Enum(Node):
 
     def validate(self, value: Any, path: str) -> Any:
         if value not in self.choices:
-            raise SchemaError(path, f"must be one of {', '.join(sorted(self.choices))}, got {value!r}")
+            raise SchemaError(path, f"must be one of {', '.join(sorted(self.choices))}, got {shown(value)}")
         return value
 
     def describe_type(self) -> str:
@@ -152,7 +166,7 @@ class List(Node):
             seen: set[Any] = set()
             for i, v in enumerate(items):
                 if v in seen:
-                    raise SchemaError(_join(path, i), f"{v!r} is listed twice")
+                    raise SchemaError(_join(path, i), f"{shown(v)} is listed twice")
                 seen.add(v)
         return items
 
@@ -198,6 +212,27 @@ class IntMap(Node):
 
     def describe_type(self) -> str:
         return "mapping of string to integer"
+
+
+@dataclass(frozen=True)
+class ListMap(Node):
+    """A mapping of string keys to non-empty lists of distinct strings (the values an attribute may take)."""
+
+    def validate(self, value: Any, path: str) -> Any:
+        if not isinstance(value, dict):
+            raise SchemaError(path, f"must be a mapping, got {_type_name(value)}")
+        out: dict[str, list[str]] = {}
+        for key, items in value.items():
+            item_path = _join(path, str(key))
+            if not isinstance(key, str):
+                raise SchemaError(item_path, "keys must be strings")
+            out[key] = List(item=Str()).validate(items, item_path)
+            if not out[key]:
+                raise SchemaError(item_path, "must list at least one value")
+        return out
+
+    def describe_type(self) -> str:
+        return "mapping of string to list of string"
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,9 @@ def test_built_collector_accepts_the_full_profile(collector_binary: Path) -> Non
 
 
 def test_built_collector_rejects_a_broken_config(collector_binary: Path) -> None:
-    broken = render_collector_config(load_profile("local")).replace("keep_keys(", "keep_keyz(")
-    with pytest.raises(Exception, match="keep_keyz"):
+    rendered = render_collector_config(load_profile("local"))
+    broken = rendered.replace("aggregate_on_attributes(", "aggregate_on_attributez(")
+    with pytest.raises(Exception, match="aggregate_on_attributez"):
         validate_config(broken)
 
 

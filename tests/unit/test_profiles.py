@@ -106,6 +106,24 @@ def test_missing_file(runner: CliRunner, tmp_path: Path) -> None:
             "metrics.cardinality.gen_ai.request.model: must be at least 1",
         ),
         (
+            MINIMAL + "metrics:\n  values: {tokenlat.scene: [a]}\n  attributes: [gen_ai.request.model]\n",
+            "metrics.values.tokenlat.scene: is not in metrics.attributes",
+        ),
+        (
+            MINIMAL + "metrics:\n  values: {gen_ai.request.model: []}\n",
+            "metrics.values.gen_ai.request.model: must list",
+        ),
+        (
+            MINIMAL + "metrics:\n  values: {gen_ai.request.model: [a, a]}\n",
+            "metrics.values.gen_ai.request.model[1]: 'a' is listed twice",
+        ),
+        (
+            MINIMAL + "metrics:\n  values: {gen_ai.request.model: [a]}\n  cardinality: {gen_ai.request.model: 2}\n",
+            "metrics.cardinality.gen_ai.request.model: metrics.values.gen_ai.request.model lists its values already",
+        ),
+        (MINIMAL + "metrics:\n  values: [a]\n", "metrics.values: must be a mapping, got a list"),
+        (MINIMAL + "metrics:\n  max_value_chars: 0\n", "metrics.max_value_chars: must be at least 1"),
+        (
             "extends: nosuch\n",
             "extends: must name a built-in profile (aliyun, local, selfhosted, tencent, thanos), got 'nosuch'",
         ),

@@ -14,7 +14,7 @@ from tokenlat.buckets import BucketLayout
 from tokenlat_cli.configs import expected_configs
 from tokenlat_cli.main import cli
 from tokenlat_cli.profiles import load_profile
-from tokenlat_cli.render import render_collector_config
+from tokenlat_cli.render import render_collector_config, series_estimate
 
 GOLDEN = REPO / "tests" / "golden"
 # Every component the distribution must carry, by the names the pinned release reports.
@@ -149,5 +149,17 @@ def test_the_overflow_marker_passes_the_allowlist() -> None:
     # A service at its cap of attribute sets sends one otel.metric.overflow=true point per metric; dropping the key
     # would merge it into the series without attributes.
     config = yaml.safe_load(render_collector_config(load_profile("local")))
-    (statement,) = config["processors"]["transform/metric_allowlist"]["metric_statements"][0]["statements"]
-    assert statement.startswith("keep_keys(datapoint.attributes, [") and '"otel.metric.overflow"]' in statement
+    (statement,) = config["processors"]["transform/metric_allowlist"]["metric_statements"][1]["statements"]
+    assert statement.startswith('aggregate_on_attributes("sum", [') and '"otel.metric.overflow"]' in statement
+
+
+def test_listed_values_count_with_their_other_value() -> None:
+    # full.yaml lists 2 request models and 1 GPU type, and declares no other count: (2 + 1) x (1 + 1) combinations.
+    estimate = series_estimate(load_profile(str(DATA / "full.yaml")))
+    assert estimate.undeclared == [semconv.GEN_AI_OPERATION_NAME]
+    per_set = sum(
+        n * (2 if spec is semconv.TOKEN_USAGE_SPEC else 1) * (2 if spec is semconv.DURATION_SPEC else 1)
+        for spec in semconv.ALL_METRICS
+        for n in [estimate.per_histogram[spec.name]]
+    )
+    assert estimate.total == 3 * 2 * per_set

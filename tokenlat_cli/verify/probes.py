@@ -1,4 +1,4 @@
-"""One-shot OTLP exports, to see whether the Collector's receiver accepts a given client."""
+"""One-shot OTLP exports: whether the Collector's receiver accepts a given client, and verify's own probes."""
 
 from __future__ import annotations
 
@@ -36,19 +36,25 @@ def _probe_data() -> MetricsData:
     return MetricsData([ResourceMetrics(Resource.create({"service.name": "tokenlat-verify-probe"}), [scope], "")])
 
 
-def otlp_export_accepted(endpoint: str, tls: TLSFiles, timeout: float = 5.0) -> bool:
-    """Whether one OTLP/gRPC export with these TLS files succeeds (a refused handshake fails it, after retries
-    within ``timeout``)."""
+def export_metrics(endpoint: str, data: MetricsData, tls: TLSFiles | None, timeout: float = 5.0) -> bool:
+    """Whether one OTLP/gRPC export of ``data`` succeeds (a refused handshake fails it, after retries within
+    ``timeout``). ``tls`` None: plain text."""
     # Imported here: gRPC's C core reads GRPC_VERBOSITY when it loads, after the verify command has set it.
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-    exporter = OTLPMetricExporter(endpoint=endpoint, timeout=timeout, **tls.grpc_options())  # type: ignore[arg-type]
+    options = tls.grpc_options() if tls is not None else {"insecure": True}
+    exporter = OTLPMetricExporter(endpoint=endpoint, timeout=timeout, **options)  # type: ignore[arg-type]
     # A refusal is the expected outcome of some probes: the exporter's own error log would only alarm.
     exporter_logger = logging.getLogger(OTLPMetricExporter.__module__.rsplit(".", 1)[0])
     level = exporter_logger.level
     exporter_logger.setLevel(logging.CRITICAL)
     try:
-        return exporter.export(_probe_data(), timeout_millis=timeout * 1000) is MetricExportResult.SUCCESS
+        return exporter.export(data, timeout_millis=timeout * 1000) is MetricExportResult.SUCCESS
     finally:
         exporter.shutdown(timeout_millis=1000)
         exporter_logger.setLevel(level)
+
+
+def otlp_export_accepted(endpoint: str, tls: TLSFiles, timeout: float = 5.0) -> bool:
+    """Whether one small OTLP/gRPC export with these TLS files succeeds."""
+    return export_metrics(endpoint, _probe_data(), tls, timeout)

@@ -36,6 +36,7 @@ from tokenlat_cli.verify.backends import (
     check_backend_supported,
     start_backend,
 )
+from tokenlat_cli.verify.cardinality import cardinality_checks
 from tokenlat_cli.verify.certs import CertificateSet, make_certificates
 from tokenlat_cli.verify.exemplars import EXEMPLAR_METRICS, TraceIds, exemplar_check
 from tokenlat_cli.verify.load import LoadResult, identities, run_load, truth_series
@@ -263,6 +264,7 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
         started = stages.begin(f"waiting for the data in {backend.description} (up to {settings.deadline:.0f}s)")
         _compare(report, load, settings, backend.query, profile)
         _exemplars(report, profile, load, settings, backend.query, run_started)
+        _cardinality(report, deployment, backend.query, settings)
         report.checks.append(
             checks.count_check("Collector exporter send failures", 0, _exporter_failures(collector.telemetry_url))
         )
@@ -286,6 +288,29 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
         stages.end(started)
         stages.begin("stopping services")
     return report
+
+
+def _cardinality(
+    report: Report, deployment: LocalDeployment, client: PrometheusClient, settings: VerifySettings
+) -> None:
+    """The Collector's guard against a service that does not bound its labels (tokenlat_cli/verify/cardinality.py).
+    Model names often come from clients: allowlisted model keys whose values the profile does not list are noted."""
+    metrics = deployment.profile.data["metrics"]
+    report.checks.extend(
+        cardinality_checks(
+            deployment.otlp_endpoint, deployment.client_tls, client, metrics["values"], settings.deadline
+        )
+    )
+    open_keys = [
+        key
+        for key in (semconv.GEN_AI_REQUEST_MODEL, semconv.GEN_AI_RESPONSE_MODEL)
+        if key in metrics["attributes"] and key not in metrics["values"]
+    ]
+    if open_keys:
+        report.notes.append(
+            f"{', '.join(open_keys)}: any value passes the Collector (no metrics.values in the profile); a service "
+            "that takes model names from requests can add series"
+        )
 
 
 def _wrong_credential_check(
