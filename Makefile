@@ -20,7 +20,7 @@ help:
 	@echo "make collector   build the ocb distribution (Collector $(OCB_VERSION)) into $(COLLECTOR)"
 	@echo "make thanos      build Thanos $(THANOS_VERSION) (Receive + Query for the thanos profile) into ~/.cache/tokenlat"
 	@echo "make prometheus3 build Prometheus 3 (module $(PROMETHEUS3_VERSION)), verify's default receiver, into ~/.cache/tokenlat"
-	@echo "make configs     re-render collector/configs/ from the built-in profiles"
+	@echo "make configs     re-render collector/configs/ and deploy/ from the built-in profiles"
 	@echo "make bench       hot-path, sidecar and accuracy benchmarks; rewrites docs/benchmarks.md and docs/accuracy.md"
 
 venv: $(VENV)/.installed
@@ -62,7 +62,7 @@ demo: venv collector prometheus
 	$(BIN)/tokenlat verify --profile local --json verify-report.json
 
 configs: venv
-	$(BIN)/python -m tokenlat_cli.configs collector/configs
+	$(BIN)/python -m tokenlat_cli.configs .
 
 lint: venv
 	$(BIN)/ruff check .

@@ -348,6 +348,74 @@ PROFILE_SCHEMA = Obj(
             },
             check=_check_traces,
         ),
+        "slo": Obj(
+            doc="What users are promised, and when to page: read by the rules, the dashboard and autoscaling "
+            "(`render --what` rules, dashboard, keda).",
+            fields={
+                "ttft_seconds": Float(doc="TTFT threshold of the SLO and the classic alert.", default=2.0, minimum=0.0),
+                "ttft_quantile": Float(
+                    doc="Quantile of the classic TTFT alert (p95 above ttft_seconds).",
+                    default=0.95,
+                    minimum=0.0,
+                    maximum=1.0,
+                ),
+                "ttft_objective": Float(
+                    doc="Share of requests whose TTFT must be within ttft_seconds (burn-rate alerts).",
+                    default=0.99,
+                    minimum=0.0,
+                    maximum=1.0,
+                ),
+                "tpot_seconds": Float(doc="Time-per-output-token threshold.", default=0.1, minimum=0.0),
+                "error_ratio": Float(
+                    doc="Share of failed requests that alerts.", default=0.05, minimum=0.0, maximum=1.0
+                ),
+                "min_request_rate": Float(
+                    doc="Requests per second below which latency alerts stay silent (too few requests to page on).",
+                    default=50.0,
+                    minimum=0.0,
+                ),
+                "for": Str(doc="How long a condition must hold before an alert fires.", default="5m", **_duration),
+            },
+        ),
+        "alerting": Obj(
+            doc="Alerts in the team's chat, through `tokenlat alert-relay` (`render --what alertmanager`). A robot "
+            "is used when its webhook variable is named; secrets stay in the environment.",
+            fields={
+                "relay_url": Str(
+                    doc="Where Alertmanager posts alerts: the relay's address.",
+                    default="http://127.0.0.1:9096/alerts",
+                ),
+                "dingtalk_webhook_env": _env_name("Variable holding the DingTalk robot's webhook URL."),
+                "dingtalk_secret_env": _env_name("Variable holding the DingTalk robot's signing secret."),
+                "feishu_webhook_env": _env_name("Variable holding the Feishu/Lark robot's webhook URL."),
+                "feishu_secret_env": _env_name("Variable holding the Feishu/Lark robot's signing secret."),
+                "wecom_webhook_env": _env_name("Variable holding the WeCom group robot's webhook URL."),
+            },
+        ),
+        "autoscaling": Obj(
+            doc="Scaling the model server on what users feel (`render --what` keda, hpa).",
+            fields={
+                "target": Str(doc="The Deployment to scale.", default="model-server"),
+                "namespace": Str(doc="Its namespace.", default="default"),
+                "min_replicas": Int(doc="Fewest replicas.", default=1, minimum=0),
+                "max_replicas": Int(doc="Most replicas.", default=8, minimum=1),
+                "query_url": Str(
+                    doc="The backend's Prometheus query API (base URL), which is not its remote-write URL.",
+                    default="",
+                ),
+            },
+        ),
+        "deploy": Obj(
+            doc="Running the Collector (`render --what` k8s, systemd).",
+            fields={
+                "namespace": Str(doc="Kubernetes namespace of the Collector.", default="tokenlat"),
+                "image": Str(doc="The Collector image (built from collector/Dockerfile).", default="tokenlat-otelcol"),
+                "gateway_replicas": Int(doc="Gateways in the two-tier layout.", default=3, minimum=1),
+                "secret_name": Str(
+                    doc="The Kubernetes Secret holding every variable the config reads.", default="tokenlat-collector"
+                ),
+            },
+        ),
         "service": Obj(
             doc="The Collector's own endpoints.",
             fields={

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from tokenlat import semconv
+from tokenlat_cli.artefacts import ARTEFACTS, render_artefact
 from tokenlat_cli.collector import CollectorError, validate_config
 from tokenlat_cli.files import write_atomically
 from tokenlat_cli.options import load_profile_or_exit, profile_option
@@ -16,6 +17,15 @@ from tokenlat_cli.render import ROLES, RenderError, render_collector_config, ser
 
 @click.command()
 @profile_option
+@click.option(
+    "--what",
+    type=click.Choice(["collector", *ARTEFACTS]),
+    default="collector",
+    show_default=True,
+    help="What to render: the Collector config, or "
+    + (", ".join(f"{a.name} ({a.summary})" for a in ARTEFACTS.values()) or "nothing else yet")
+    + ".",
+)
 @click.option(
     "-o",
     "--output",
@@ -35,13 +45,19 @@ from tokenlat_cli.render import ROLES, RenderError, render_collector_config, ser
     default=False,
     help="Also check the result with `tokenlat-otelcol validate` (needs `make collector`).",
 )
-def render(profile_name: str, output: Path | None, role: str, validate: bool) -> None:
-    """Render the Collector configuration of a profile.
+def render(profile_name: str, what: str, output: Path | None, role: str, validate: bool) -> None:
+    """Render the Collector configuration of a profile, or (--what) what operates on its data.
 
-    Also reports, on standard error, how many active series the profile's allowlist can produce (from the
-    label-value counts declared in metrics.cardinality), so the cardinality is known before deploying.
+    With the Collector config, also reports on standard error how many active series the profile's allowlist can
+    produce (from the label-value counts declared in metrics.cardinality), so the cardinality is known before
+    deploying.
     """
     profile = load_profile_or_exit(profile_name)
+    if what != "collector":
+        if role != "standalone" or validate:
+            raise click.UsageError("--role and --validate apply to --what collector only")
+        _emit(render_artefact(what, profile), output, f"{what} of profile {profile.name}")
+        return
     try:
         text = render_collector_config(profile, role)
     except RenderError as exc:
@@ -51,13 +67,17 @@ def render(profile_name: str, output: Path | None, role: str, validate: bool) ->
             validate_config(text)
         except CollectorError as exc:
             raise click.ClickException(f"rendered config for {profile.name} is invalid: {exc}") from None
+    _emit(text, output, f"profile {profile.name}, role {role}")
+    if role != "gateway":
+        _report_cost(profile)
+
+
+def _emit(text: str, output: Path | None, what: str) -> None:
     if output is None:
         click.echo(text, nl=False)
     else:
         write_atomically(output, text)
-        click.echo(f"wrote {output} (profile {profile.name}, role {role})", err=True)
-    if role != "gateway":
-        _report_cost(profile)
+        click.echo(f"wrote {output} ({what})", err=True)
 
 
 def _report_cost(profile: Profile) -> None:
