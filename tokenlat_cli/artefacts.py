@@ -29,7 +29,10 @@ class Artefact:
         return render
 
 
-ARTEFACTS: dict[str, Artefact] = {a.name: a for a in ()}
+_ARTEFACTS: tuple[Artefact, ...] = (
+    # one line per artefact, in the order `render --help` lists them
+)
+ARTEFACTS: dict[str, Artefact] = {a.name: a for a in _ARTEFACTS}
 
 
 def render_artefact(name: str, profile: Profile) -> str:
