@@ -223,7 +223,12 @@ PROFILE_SCHEMA = Obj(
                 "max_parallel_requests": Int(
                     doc="Parallel remote-write requests for a large batch.", default=5, minimum=1, maximum=64
                 ),
-                "retry_max_elapsed": Str(doc="Give up retrying a batch after this long.", default="300s", **_duration),
+                "retry_max_elapsed": Str(
+                    doc="Give up retrying a batch after this long, or after backend.timeout if that is shorter: at "
+                    "the pinned release the timeout bounds the exporter's whole retry loop (measured).",
+                    default="300s",
+                    **_duration,
+                ),
                 "retry_max_interval": Str(doc="Longest wait between two retries.", default="30s", **_duration),
             },
             check=_check_backend,
@@ -375,6 +380,11 @@ PROFILE_SCHEMA = Obj(
                     minimum=0.0,
                 ),
                 "for": Str(doc="How long a condition must hold before an alert fires.", default="5m", **_duration),
+                "runbook_url": Str(
+                    doc="Where alerts' runbook_url annotations point: docs/rules.md as your team reads it (each alert "
+                    "adds #its-name).",
+                    default="docs/rules.md",
+                ),
             },
         ),
         "alerting": Obj(
@@ -390,6 +400,34 @@ PROFILE_SCHEMA = Obj(
                 "feishu_webhook_env": _env_name("Variable holding the Feishu/Lark robot's webhook URL."),
                 "feishu_secret_env": _env_name("Variable holding the Feishu/Lark robot's signing secret."),
                 "wecom_webhook_env": _env_name("Variable holding the WeCom group robot's webhook URL."),
+                "group_wait": Str(
+                    doc="Alertmanager: how long a new alert group waits for more alerts before its first message.",
+                    default="30s",
+                    **_duration,
+                ),
+                "group_interval": Str(
+                    doc="Alertmanager: how long a group waits before a message about what changed in it (resolved "
+                    "too).",
+                    default="5m",
+                    **_duration,
+                ),
+                "repeat_interval": Str(
+                    doc="Alertmanager: how often a group that still fires is sent again.", default="4h", **_duration
+                ),
+                "queue_size": Int(
+                    doc="The relay: notifications each robot's queue holds while its rate limit holds them back; "
+                    "beyond it the oldest is dropped (and counted).",
+                    default=100,
+                    minimum=1,
+                    maximum=10000,
+                ),
+                "max_attempts": Int(
+                    doc="The relay: sends of one message before it gives up (a robot that says too frequent, "
+                    "HTTP 429, a 5xx or a network error is retried with backoff).",
+                    default=6,
+                    minimum=1,
+                    maximum=20,
+                ),
             },
         ),
         "autoscaling": Obj(
@@ -403,6 +441,41 @@ PROFILE_SCHEMA = Obj(
                     doc="The backend's Prometheus query API (base URL), which is not its remote-write URL.",
                     default="",
                 ),
+                "metric": Enum(
+                    doc="What scales: ttft (the slo.ttft_quantile TTFT quantile), or the model server's queue "
+                    "(vllm:num_requests_waiting, sglang:num_queue_reqs), scraped into the same backend.",
+                    choices=("ttft", "vllm_queue", "sglang_queue"),
+                    default="ttft",
+                ),
+                "matchers": Str(
+                    doc='PromQL label matchers selecting the model server\'s series; empty: job="<target>" for '
+                    'ttft (the service.name the model server records under), namespace="<namespace>" for the queue '
+                    "metrics.",
+                    default="",
+                ),
+                "ttft_fraction": Float(
+                    doc="Scale out when the TTFT quantile passes this share of slo.ttft_seconds, so new replicas "
+                    "are up before the SLO is broken.",
+                    default=0.8,
+                    minimum=0.0,
+                    maximum=1.0,
+                ),
+                "queue_per_replica": Float(
+                    doc="Queue metrics: waiting requests per replica to aim at.", default=4.0, minimum=0.0
+                ),
+                "window": Str(
+                    doc="rate() window of the TTFT quantile: at least twice the services' metric export interval.",
+                    default="2m",
+                    **_duration,
+                ),
+                "secret_name": Str(
+                    doc="The Kubernetes Secret holding the query API's credentials (keys username and password, "
+                    "or bearerToken), referenced by the TriggerAuthentication and the adapter.",
+                    default="tokenlat-query",
+                ),
+                "adapter_namespace": Str(
+                    doc="Namespace of prometheus-adapter (the hpa artefact's ConfigMap).", default="monitoring"
+                ),
             },
         ),
         "deploy": Obj(
@@ -413,6 +486,11 @@ PROFILE_SCHEMA = Obj(
                 "gateway_replicas": Int(doc="Gateways in the two-tier layout.", default=3, minimum=1),
                 "secret_name": Str(
                     doc="The Kubernetes Secret holding every variable the config reads.", default="tokenlat-collector"
+                ),
+                "cpu_request": Str(doc="CPU each Collector pod requests (a Kubernetes quantity).", default="250m"),
+                "cpu_limit": Str(doc="CPU each Collector pod may use (a Kubernetes quantity).", default="2"),
+                "wal_storage": Str(
+                    doc="Size of the WAL's volume claim (backend.wal, single-tier layout).", default="2Gi"
                 ),
             },
         ),
