@@ -4,6 +4,7 @@ are in backends.py; which Prometheus, in prometheus.py)."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,10 @@ def start_synthetic(group: ProcessGroup, workdir: Path, args: list[str]) -> List
     return _start_listening(group, "synthetic model server", argv, workdir / "synthetic.log", LISTENING_PREFIX)
 
 
-def start_sidecar(group: ProcessGroup, workdir: Path, upstream: str, env: dict[str, str]) -> ListeningService:
-    """`tokenlat sidecar` in front of the model server, as an operator runs it; ``env`` carries its telemetry setup."""
-    argv = [sys.executable, "-m", "tokenlat_cli", "sidecar", "--upstream", upstream, "--listen", "127.0.0.1:0"]
+def start_sidecar(
+    group: ProcessGroup, workdir: Path, upstream: str, env: dict[str, str], args: Sequence[str] = ()
+) -> ListeningService:
+    """`tokenlat sidecar` in front of the model server, as an operator runs it; ``env`` carries its telemetry setup,
+    ``args`` more options (the soak shortens its timeouts so that its limits run within minutes)."""
+    argv = [sys.executable, "-m", "tokenlat_cli", "sidecar", "--upstream", upstream, "--listen", "127.0.0.1:0", *args]
     return _start_listening(group, "tokenlat sidecar", argv, workdir / "sidecar.log", SIDECAR_LISTENING_PREFIX, env)
