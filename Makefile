@@ -11,7 +11,7 @@ THANOS_VERSION := $(shell sed -n 's/^THANOS_VERSION = "\(.*\)"$$/\1/p' tokenlat_
 # The same for Prometheus 3 (a module version: v0.316.0 is Prometheus 3.16.0), pinned in tokenlat_cli/verify/prometheus.py.
 PROMETHEUS3_VERSION := $(shell sed -n 's/^PROMETHEUS3_VERSION = "\(.*\)"$$/\1/p' tokenlat_cli/verify/prometheus.py)
 
-.PHONY: demo test stress-stops lint collector prometheus prometheus3 victoria-metrics chromium nginx thanos venv configs clean help bench
+.PHONY: demo test stress-stops lint collector prometheus prometheus3 victoria-metrics chromium nginx alertmanager systemd-analyze thanos venv configs clean help bench image soak
 
 help:
 	@echo "make demo        build everything and run 'tokenlat verify --profile local'"
@@ -20,6 +20,8 @@ help:
 	@echo "make collector   build the ocb distribution (Collector $(OCB_VERSION)) into $(COLLECTOR)"
 	@echo "make thanos      build Thanos $(THANOS_VERSION) (Receive + Query for the thanos profile) into ~/.cache/tokenlat"
 	@echo "make prometheus3 build Prometheus 3 (module $(PROMETHEUS3_VERSION)), verify's default receiver, into ~/.cache/tokenlat"
+	@echo "make soak        the sidecar and the library under steady load for 30 minutes (DURATION=S); rewrites docs/benchmarks.md"
+	@echo "make image       build the Collector image from collector/Dockerfile (needs a Docker engine)"
 	@echo "make configs     re-render collector/configs/ and deploy/ from the built-in profiles"
 	@echo "make bench       hot-path, sidecar and accuracy benchmarks; rewrites docs/benchmarks.md and docs/accuracy.md"
 
@@ -58,6 +60,25 @@ chromium:
 nginx:
 	@scripts/ensure-package.sh nginx nginx NGINX_BIN
 
+# The sidecar and a process using the library under steady load for DURATION seconds (30 minutes), RSS and open
+# descriptors sampled and judged flat after warm-up; rewrites the soak figures in docs/benchmarks.md. Its sink is
+# the built Collector. CI runs it for 3 minutes (tests/e2e/test_soak.py).
+DURATION ?= 1800
+soak: venv collector
+	$(BIN)/python -m bench.soak --duration $(DURATION) --markdown docs/benchmarks.md
+
+# Alertmanager and amtool for the alert relay's end-to-end test (tests/e2e/test_alert_relay.py).
+alertmanager:
+	@scripts/ensure-package.sh prometheus-alertmanager prometheus-alertmanager ALERTMANAGER_BIN
+
+# systemd-analyze checks the rendered systemd unit (tests/e2e/test_deploy_tools.py).
+systemd-analyze:
+	@scripts/ensure-package.sh systemd-analyze systemd SYSTEMD_ANALYZE_BIN
+
+# The Collector image (collector/Dockerfile; docs/deploy.md). Needs a Docker engine, which CI does not have.
+image:
+	docker build -f collector/Dockerfile -t tokenlat-otelcol .
+
 demo: venv collector prometheus
 	$(BIN)/tokenlat verify --profile local --json verify-report.json
 
@@ -68,7 +89,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: venv collector prometheus prometheus3 victoria-metrics chromium nginx thanos lint
+test: venv collector prometheus prometheus3 victoria-metrics chromium nginx alertmanager systemd-analyze thanos lint
 	$(BIN)/python -m pytest -v
 
 # The stop tests (SIGTERM, Ctrl-C, SIGKILL of verify and the sidecar) N times in a row: a stop that fails now and

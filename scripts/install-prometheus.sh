@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build Prometheus 3 from its module source on the Go module proxy, once, into a cache outside the repository.
+# Build Prometheus 3 (prometheus and promtool) from its module source on the Go module proxy, once, into a cache
+# outside the repository.
 # Usage: scripts/install-prometheus.sh VERSION    (called by `make prometheus3`; VERSION is PROMETHEUS3_VERSION in
 # tokenlat_cli/verify/prometheus.py, which looks for the binary at the same place)
 #
@@ -19,5 +20,9 @@ if [[ ! $version =~ ^v0\.([3-9])([0-9][0-9])\.([0-9]+)$ ]]; then
   exit 2
 fi
 release="${BASH_REMATCH[1]}.$((10#${BASH_REMATCH[2]})).${BASH_REMATCH[3]}"
-exec "$(dirname "$0")/build-go-binary.sh" prometheus github.com/prometheus/prometheus "$version" "$release" \
-  ./cmd/prometheus netgo
+build="$(dirname "$0")/build-go-binary.sh"
+"$build" prometheus github.com/prometheus/prometheus "$version" "$release" ./cmd/prometheus netgo
+# promtool from the same module and release: `promtool test rules` runs the rule tests (tests/e2e/test_rules.py),
+# and only a promtool of 2.5x or later reads native-histogram input series ({{schema:... count:...}}); Debian's is
+# 2.42. It shares most packages, and so the Go build cache, with prometheus: a few more minutes the first time.
+exec "$build" promtool github.com/prometheus/prometheus "$version" "$release" ./cmd/promtool netgo

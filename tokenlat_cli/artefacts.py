@@ -31,6 +31,15 @@ class Artefact:
 
 _ARTEFACTS: tuple[Artefact, ...] = (
     # one line per artefact, in the order `render --help` lists them
+    Artefact("rules", "rules.yaml", "tokenlat_cli.operate.rules", "Prometheus recording and alerting rules"),
+    Artefact("alertmanager", "alertmanager.yaml", "tokenlat_cli.operate.alertmanager", "routes to the alert relay"),
+    Artefact("dashboard", "dashboard.json", "tokenlat_cli.operate.dashboard", "Grafana dashboard"),
+    Artefact("k8s", "k8s.yaml", "tokenlat_cli.operate.kubernetes", "Kubernetes manifests of the Collector"),
+    Artefact("systemd", "tokenlat-otelcol.service", "tokenlat_cli.operate.systemd", "hardened systemd unit"),
+    Artefact("environment-file", "tokenlat-otelcol.env", "tokenlat_cli.operate.environment_file", "unit env names"),
+    Artefact("tlcp-gateway", "tlcp-gateway.conf", "tokenlat_cli.operate.tlcp", "Tengine+Tongsuo TLCP gateway"),
+    Artefact("keda", "keda.yaml", "tokenlat_cli.operate.keda", "KEDA ScaledObject on the TTFT quantile or queue"),
+    Artefact("hpa", "hpa.yaml", "tokenlat_cli.operate.hpa", "prometheus-adapter rule and HPA (no KEDA)"),
 )
 ARTEFACTS: dict[str, Artefact] = {a.name: a for a in _ARTEFACTS}
 

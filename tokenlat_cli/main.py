@@ -27,7 +27,7 @@ class LazyGroup(click.Group):
             require(command.extra, f"tokenlat {cmd_name}")
         except MissingExtra as exc:
             raise click.ClickException(str(exc)) from None
-        found: click.Command = getattr(importlib.import_module(command.module(cmd_name)), cmd_name)
+        found: click.Command = getattr(importlib.import_module(command.module(cmd_name)), command.attribute(cmd_name))
         return found
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

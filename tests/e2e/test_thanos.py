@@ -1,13 +1,12 @@
 """A real Thanos Receive + Query: remote write with a tenant header, plain and over mutual TLS, read back.
 
 The writers are the real ones: the ocb-built Collector's prometheus_remote_write exporter, and a minimal
-remote-write client (protobuf and snappy encoded here by hand, so no extra package is needed) for the requests
-whose exact shape the test must control, such as a write with no client certificate.
+remote-write client (tests/remote_write.py: protobuf and snappy encoded by hand, so no extra package is needed) for
+the requests whose exact shape the test must control, such as a write with no client certificate.
 """
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
+from tests.remote_write import remote_write, write_request
 from tokenlat_cli.verify.certs import CertificateSet, make_certificates
 from tokenlat_cli.verify.polling import poll, wait_until
 from tokenlat_cli.verify.processes import ProcessGroup, ServiceError
@@ -46,65 +46,6 @@ def group() -> Iterator[ProcessGroup]:
         yield g
 
 
-# --- a minimal Prometheus remote-write client (remote write 1.0: snappy-compressed prompb.WriteRequest) ---
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _write_request(name: str, labels: dict[str, str], value: float, timestamp_ms: int) -> bytes:
-    """prompb.WriteRequest{timeseries: [{labels (sorted by name), samples: [{value, timestamp}]}]}."""
-    all_labels = sorted({"__name__": name, **labels}.items())
-    series = b"".join(_field(1, _field(1, k.encode()) + _field(2, v.encode())) for k, v in all_labels)
-    sample = _varint(1 << 3 | 1) + struct.pack("<d", value) + _varint(2 << 3 | 0) + _varint(timestamp_ms)
-    series += _field(2, sample)
-    return _field(1, series)
-
-
-def _snappy_literal(data: bytes) -> bytes:
-    """Snappy block format with literal elements only: valid snappy that any decoder reads, merely uncompressed."""
-    out = bytearray(_varint(len(data)))
-    for start in range(0, len(data), 1 << 16):
-        chunk = data[start : start + (1 << 16)]
-        out += bytes([61 << 2]) + struct.pack("<H", len(chunk) - 1) + chunk  # tag 61: 2-byte length - 1
-    return bytes(out)
-
-
-def _remote_write(
-    url: str,
-    body: bytes,
-    headers: dict[str, str],
-    verify: str | bool = True,
-    cert: tuple[str, str] | None = None,
-) -> requests.Response:
-    return requests.post(
-        url,
-        data=_snappy_literal(body),
-        headers={
-            "Content-Encoding": "snappy",
-            "Content-Type": "application/x-protobuf",
-            "X-Prometheus-Remote-Write-Version": "0.1.0",
-            **headers,
-        },
-        timeout=10,
-        verify=verify,
-        cert=cert,
-    )
-
-
 def _query(url: str, promql: str) -> list[dict[str, Any]]:
     return PrometheusClient(url).query(promql)
 
@@ -129,8 +70,8 @@ def test_remote_write_lands_in_the_tenant_and_reads_back_through_query(
     receive, query = _start_thanos(group, tmp_path, certs=None)
     assert receive.remote_write_url.startswith("http://") and receive.remote_write_url.endswith("/api/v1/receive")
     now_ms = int(time.time() * 1000)
-    body = _write_request("tokenlat_thanos_probe", {"job": "test"}, 42.5, now_ms)
-    response = _remote_write(receive.remote_write_url, body, {TENANT_HEADER: TENANT})
+    body = write_request("tokenlat_thanos_probe", {"job": "test"}, 42.5, now_ms)
+    response = remote_write(receive.remote_write_url, body, {TENANT_HEADER: TENANT})
     assert response.status_code == 200, response.text
 
     result = _read_back(query, f'tokenlat_thanos_probe{{{TENANT_LABEL}="{TENANT}"}}')
@@ -221,9 +162,9 @@ def test_mutual_tls_refuses_a_writer_without_a_client_certificate(
     now_ms = int(time.time() * 1000)
     tenant = {TENANT_HEADER: TENANT}
 
-    refused = _write_request("tokenlat_thanos_refused", {}, 1.0, now_ms)
+    refused = write_request("tokenlat_thanos_refused", {}, 1.0, now_ms)
     with pytest.raises(requests.exceptions.ConnectionError):  # an SSLError, or a reset, by TLS library
-        _remote_write(receive.remote_write_url, refused, tenant, verify=str(certs.ca))
+        remote_write(receive.remote_write_url, refused, tenant, verify=str(certs.ca))
     # Refused in the handshake, for the missing certificate (and not, say, for an untrusted server). With TLS 1.3
     # the client can see the reset before the server has logged why, so the log is polled, not read once.
     reason = "client didn't provide a certificate"
@@ -237,8 +178,8 @@ def test_mutual_tls_refuses_a_writer_without_a_client_certificate(
 
     # The same server takes the same kind of write from a writer with a certificate: the refusal above was
     # the missing certificate, nothing else.
-    accepted = _write_request("tokenlat_thanos_accepted", {}, 2.0, now_ms)
-    response = _remote_write(
+    accepted = write_request("tokenlat_thanos_accepted", {}, 2.0, now_ms)
+    response = remote_write(
         receive.remote_write_url,
         accepted,
         tenant,

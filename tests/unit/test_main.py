@@ -17,7 +17,8 @@ from tokenlat_cli.main import cli
 
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_the_listing_says_what_each_command_says_of_itself(name: str) -> None:
-    command: click.Command = getattr(importlib.import_module(f"tokenlat_cli.commands.{name}"), name)
+    module = importlib.import_module(COMMANDS[name].module(name))
+    command: click.Command = getattr(module, COMMANDS[name].attribute(name))
     assert COMMANDS[name].summary == command.get_short_help_str(limit=200)
     assert COMMANDS[name].extra in extras.EXTRAS
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from tokenlat import semconv
+from tokenlat.extras import MissingExtra
 from tokenlat_cli.artefacts import ARTEFACTS, render_artefact
 from tokenlat_cli.collector import CollectorError, validate_config
 from tokenlat_cli.files import write_atomically
@@ -56,7 +57,13 @@ def render(profile_name: str, what: str, output: Path | None, role: str, validat
     if what != "collector":
         if role != "standalone" or validate:
             raise click.UsageError("--role and --validate apply to --what collector only")
-        _emit(render_artefact(what, profile), output, f"{what} of profile {profile.name}")
+        try:
+            text = render_artefact(what, profile)
+        except MissingExtra as exc:  # an artefact's own package (the dashboard SDK): one line, not a traceback
+            raise click.ClickException(str(exc)) from None
+        except RenderError as exc:
+            raise click.UsageError(str(exc)) from None
+        _emit(text, output, f"{what} of profile {profile.name}")
         return
     try:
         text = render_collector_config(profile, role)

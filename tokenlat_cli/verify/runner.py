@@ -14,7 +14,7 @@ import dataclasses
 import secrets
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,6 +46,7 @@ from tokenlat_cli.verify.processes import ProcessGroup
 from tokenlat_cli.verify.promql import PrometheusClient, Queries
 from tokenlat_cli.verify.report import LatencyDistribution, Report
 from tokenlat_cli.verify.services import (
+    Collector,
     CollectorEndpoints,
     start_collector,
     start_sidecar,
@@ -53,9 +54,15 @@ from tokenlat_cli.verify.services import (
 )
 from tokenlat_cli.verify.statistics import recorded_histograms
 from tokenlat_cli.verify.synthetic import DEFAULT_MODEL, Distribution, SyntheticConfig, parse_token_range, plan_request
-from tokenlat_cli.verify.traces import start_trace_sink, trace_checks
+from tokenlat_cli.verify.traces import TraceSink, start_trace_sink, trace_checks
 
 Echo = Callable[[str], None]
+#: The metric attributes of every request of the load (the synthetic model, as its provider serves it).
+LOAD_ATTRIBUTES: dict[str, str] = {
+    semconv.GEN_AI_OPERATION_NAME: "chat",
+    semconv.GEN_AI_PROVIDER_NAME: "tokenlat.synthetic",
+    semconv.GEN_AI_REQUEST_MODEL: DEFAULT_MODEL,
+}
 TRACE_DECISION_WAIT = "1s"
 WRONG_CREDENTIAL_REQUESTS = 5
 WRONG_CREDENTIAL_RETRY = "3s"
@@ -168,7 +175,11 @@ def queries_for(profile: Profile, histogram: str) -> Queries:
 
 
 def _telemetry(
-    deployment: LocalDeployment, interval: float, histogram: str, spans: SpanExporter | None = None
+    deployment: LocalDeployment,
+    interval: float,
+    histogram: str,
+    spans: SpanExporter | None = None,
+    service_name: str = "tokenlat-verify",
 ) -> Telemetry:
     """The library's own setup, as a service would call it (the profile's bucket layout, as render tells services
     to set it); nothing from this process's environment leaks in. With ``spans``, one span per request goes there,
@@ -179,7 +190,7 @@ def _telemetry(
         endpoint=deployment.otlp_endpoint,
         tls=deployment.client_tls,
         protocol="grpc",
-        resource_attributes={"service.name": "tokenlat-verify"},
+        resource_attributes={"service.name": service_name},
         export_interval_millis=interval * 1000,
         histogram=histogram,
         buckets=deployment.profile.layout,
@@ -219,6 +230,74 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
     run_started = time.time()
     settings = dataclasses.replace(settings, histogram=histogram_kind(profile, settings))
     report = Report(profile=profile.name, settings={**asdict(settings), "buckets": str(profile.layout)})
+    with running_pipeline(profile, settings, workdir, stages) as pipeline:
+        backend, deployment, load, sink = pipeline.backend, pipeline.deployment, pipeline.load, pipeline.sink
+        started = stages.begin(f"waiting for the data in {backend.description} (up to {settings.deadline:.0f}s)")
+        _compare(report, load, settings, backend.query, profile)
+        _exemplars(report, profile, load, settings, backend.query, run_started)
+        _cardinality(report, deployment, backend.query, settings)
+        report.checks.append(
+            checks.count_check(
+                "Collector exporter send failures", 0, _exporter_failures(pipeline.collector.telemetry_url)
+            )
+        )
+        if deployment.mutual_tls:
+            report.checks.extend(_mutual_tls_checks(deployment))
+        wrong = backend.wrong_credential()
+        if wrong is not None:
+            report.checks.append(
+                _wrong_credential_check(
+                    pipeline.group, workdir, profile, *wrong, pipeline.certs, load, settings.histogram
+                )
+            )
+        if backend.tenant is not None:
+            report.checks.append(_tenant_check(backend, len(load.truths), queries_for(profile, settings.histogram)))
+        if sink is not None:
+            report.checks.extend(
+                trace_checks(sink, deployment.otlp_endpoint, deployment.client_tls, deployment.profile.data,
+                             pipeline.salt, seed=settings.seed)
+            )  # fmt: skip
+            report.notes.append(
+                f"tail sampling decided after {TRACE_DECISION_WAIT} (verify's setting, not the profile's)"
+            )
+        stages.end(started)
+        stages.begin("stopping services")
+    return report
+
+
+@dataclass(frozen=True)
+class LoadedPipeline:
+    """A running verify deployment after its load: the backend holds the load's data (or is receiving its last
+    export) and every service is still up."""
+
+    group: ProcessGroup
+    certs: CertificateSet
+    backend: Backend
+    deployment: LocalDeployment
+    collector: Collector
+    sink: TraceSink | None
+    #: The de-identification salt the Collector was given.
+    salt: str
+    load: LoadResult
+    #: What the library recorded: "explicit" or "exponential".
+    histogram: str
+
+    def telemetry(self, service_name: str, interval: float = 0.5) -> Telemetry:
+        """Another instrumented service, set up as the load's, sending to this pipeline's Collector: for data the
+        load does not make (failed requests). Its own ``service_name`` (the series' job label) keeps its series
+        apart from the load's, whose cumulative counts it would otherwise reset. Shut it down to flush."""
+        return _telemetry(self.deployment, interval, self.histogram, service_name=service_name)
+
+
+@contextlib.contextmanager
+def running_pipeline(
+    profile: Profile, settings: VerifySettings, workdir: Path, stages: Stages
+) -> Iterator[LoadedPipeline]:
+    """verify's stages 1 to 5: the backend, the profile rendered for this run and validated, the Collector, the
+    synthetic model server, and the load through them; then the caller's block runs with everything still up, so
+    that run_verify can judge the data and other callers (the dashboard's end-to-end test) can ask the backend their
+    own questions. Every process is stopped when the block ends, however it ends."""
+    settings = dataclasses.replace(settings, histogram=histogram_kind(profile, settings))
     with ProcessGroup() as group, stopping.on_stop(group.terminate):
         # On SIGTERM or Ctrl-C the Stopper's thread signals every child at once (whatever this thread is blocked
         # in, each wait on a child then ends), and this thread unwinds from its next safe point; should it be stuck,
@@ -259,35 +338,9 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
         server = start_synthetic(group, workdir, synthetic_args)
         stages.end(started, server.url)
 
-        load = _run_traffic(group, workdir, server.url, deployment, settings, stages, echo)
-
-        started = stages.begin(f"waiting for the data in {backend.description} (up to {settings.deadline:.0f}s)")
-        _compare(report, load, settings, backend.query, profile)
-        _exemplars(report, profile, load, settings, backend.query, run_started)
-        _cardinality(report, deployment, backend.query, settings)
-        report.checks.append(
-            checks.count_check("Collector exporter send failures", 0, _exporter_failures(collector.telemetry_url))
-        )
-        if deployment.mutual_tls:
-            report.checks.extend(_mutual_tls_checks(deployment))
-        wrong = backend.wrong_credential()
-        if wrong is not None:
-            report.checks.append(
-                _wrong_credential_check(group, workdir, profile, *wrong, certs, load, settings.histogram)
-            )
-        if backend.tenant is not None:
-            report.checks.append(_tenant_check(backend, len(load.truths), queries_for(profile, settings.histogram)))
-        if sink is not None:
-            report.checks.extend(
-                trace_checks(sink, deployment.otlp_endpoint, deployment.client_tls, deployment.profile.data, salt,
-                             seed=settings.seed)
-            )  # fmt: skip
-            report.notes.append(
-                f"tail sampling decided after {TRACE_DECISION_WAIT} (verify's setting, not the profile's)"
-            )
-        stages.end(started)
-        stages.begin("stopping services")
-    return report
+        load = _run_traffic(group, workdir, server.url, deployment, settings, stages, stages.echo)
+        assert settings.histogram is not None
+        yield LoadedPipeline(group, certs, backend, deployment, collector, sink, salt, load, settings.histogram)
 
 
 def _cardinality(
@@ -453,11 +506,7 @@ def _drive(url: str, settings: VerifySettings, metrics: TokenMetrics | None, ech
         if done % step == 0 or done == total:
             echo(f"      {done}/{total} requests done")
 
-    attributes = {
-        semconv.GEN_AI_OPERATION_NAME: "chat",
-        semconv.GEN_AI_PROVIDER_NAME: "tokenlat.synthetic",
-        semconv.GEN_AI_REQUEST_MODEL: DEFAULT_MODEL,
-    }
+    attributes = LOAD_ATTRIBUTES
 
     async def load() -> LoadResult:
         # A stop request cancels the load from the Stopper's thread, in the loop's own thread (call_soon_threadsafe):
