@@ -11,7 +11,7 @@ THANOS_VERSION := $(shell sed -n 's/^THANOS_VERSION = "\(.*\)"$$/\1/p' tokenlat_
 # The same for Prometheus 3 (a module version: v0.316.0 is Prometheus 3.16.0), pinned in tokenlat_cli/verify/prometheus.py.
 PROMETHEUS3_VERSION := $(shell sed -n 's/^PROMETHEUS3_VERSION = "\(.*\)"$$/\1/p' tokenlat_cli/verify/prometheus.py)
 
-.PHONY: demo test stress-stops lint collector prometheus prometheus3 victoria-metrics chromium nginx alertmanager systemd-analyze thanos venv configs clean help bench image soak
+.PHONY: demo test stress-stops lint collector prometheus prometheus3 victoria-metrics chromium nginx alertmanager systemd-analyze thanos venv configs clean help bench image soak fuzz
 
 help:
 	@echo "make demo        build everything and run 'tokenlat verify --profile local'"
@@ -21,6 +21,7 @@ help:
 	@echo "make thanos      build Thanos $(THANOS_VERSION) (Receive + Query for the thanos profile) into ~/.cache/tokenlat"
 	@echo "make prometheus3 build Prometheus 3 (module $(PROMETHEUS3_VERSION)), verify's default receiver, into ~/.cache/tokenlat"
 	@echo "make soak        the sidecar and the library under steady load for 30 minutes (DURATION=S); rewrites docs/benchmarks.md"
+	@echo "make fuzz        the fuzz tests with thousands of cases each (make test runs a few hundred)"
 	@echo "make image       build the Collector image from collector/Dockerfile (needs a Docker engine)"
 	@echo "make configs     re-render collector/configs/ and deploy/ from the built-in profiles"
 	@echo "make bench       hot-path, sidecar and accuracy benchmarks; rewrites docs/benchmarks.md and docs/accuracy.md"
@@ -59,6 +60,11 @@ chromium:
 # nginx, the reference proxy the sidecar bench compares the sidecar with (CPU per chunk, added latency).
 nginx:
 	@scripts/ensure-package.sh nginx nginx NGINX_BIN
+
+# The fuzz tests with thousands of cases each (make test runs them with a few hundred): profile loader, stream
+# parsers, the sidecar's HTTP layer, the Collector's OTLP receiver. About 8 minutes on 2 cores.
+fuzz: venv collector
+	TOKENLAT_FUZZ_PROFILE=fuzz $(BIN)/python -m pytest tests/unit/test_fuzz_*.py tests/e2e/test_fuzz_*.py -v -p no:cacheprovider
 
 # The sidecar and a process using the library under steady load for DURATION seconds (30 minutes), RSS and open
 # descriptors sampled and judged flat after warm-up; rewrites the soak figures in docs/benchmarks.md. Its sink is

@@ -33,32 +33,61 @@ __all__ = [
 ]
 
 DONE = "[DONE]"
+# The longest line (and event data) iter_sse_data keeps, as the sidecar's parser: what is longer is dropped.
+MAX_LINE_CHARS = 1 << 20
 Content = str | bytes | memoryview
 # What one chunk (or event) carries: (output tokens, usage or None).
 Observation = tuple[int, Usage | None]
 _NOTHING: Observation = (0, None)
 
 
-async def iter_sse_data(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
-    """Yield the data of each event (multi-line data joined by newlines) as soon as the event is complete."""
+async def iter_sse_data(chunks: AsyncIterable[bytes], *, max_line_chars: int = MAX_LINE_CHARS) -> AsyncIterator[str]:
+    """Yield the data of each event (multi-line data joined by newlines) as soon as the event is complete.
+
+    Memory stays bounded as in the sidecar's parser: a line longer than ``max_line_chars`` (or an event whose data
+    adds up to more) is dropped with its event, its characters discarded as they arrive; only the new text of a
+    chunk is searched for line ends, so a long line costs its length, not its length squared.
+    """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    pending = ""
+    pending = ""  # the partial line carried to the next chunk; never more than max_line_chars
+    discarding = False  # inside an over-long line: drop text up to its end
+    poisoned = False  # the event being read lost a line: drop it
     data_lines: list[str] = []
+    data_size = 0
     async for chunk in chunks:
-        pending += decoder.decode(chunk)
-        *lines, pending = pending.split("\n")
-        for raw in lines:
+        *lines, tail = decoder.decode(chunk).split("\n")
+        for i, raw in enumerate(lines):
+            if i == 0:
+                raw, pending = pending + raw, ""
+                if discarding:  # the end of an over-long line: dropped, and its event with it
+                    discarding = False
+                    continue
             line = raw.removesuffix("\r")
             if line == "":
-                if data_lines:
+                if data_lines and not poisoned:
                     yield "\n".join(data_lines)
-                    data_lines = []
-            elif line.startswith("data:"):
-                data_lines.append(line[5:].removeprefix(" "))
+                data_lines, data_size, poisoned = [], 0, False
+            elif len(line) > max_line_chars:
+                data_lines, data_size, poisoned = [], 0, True
+            elif line.startswith("data:") and not poisoned:
+                data_size += len(line) - 4  # its data and the newline that joins it
+                if data_size > max_line_chars:
+                    data_lines, data_size, poisoned = [], 0, True
+                else:
+                    data_lines.append(line[5:].removeprefix(" "))
+        if discarding:
+            continue
+        if len(pending) + len(tail) > max_line_chars:
+            pending, discarding = "", True
+            data_lines, data_size, poisoned = [], 0, True
+        else:
+            pending += tail
+    if discarding:
+        return
     pending += decoder.decode(b"", final=True)
-    if pending.startswith("data:"):
+    if pending.startswith("data:") and not poisoned and len(pending) <= max_line_chars:
         data_lines.append(pending[5:].removeprefix(" "))
-    if data_lines:
+    if data_lines and not poisoned:
         yield "\n".join(data_lines)
 
 

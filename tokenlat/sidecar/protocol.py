@@ -108,6 +108,7 @@ class ClientProtocol(HeadReader, asyncio.Protocol):
         self.parsing: Hop | Answer | None = None
         self.feeding = False  # inside data_received: what a hop writes upstream waits for the end of the read
         self.in_head = False  # a request head has begun and is not complete
+        self.head_size = 0  # bytes read while that head was incomplete (it began in the first of those reads)
         self.refused = False  # over max_connections: answered 503, everything it sends is discarded
         self._timer: asyncio.TimerHandle | None = None  # the idle or the head timeout, whichever applies now
 
@@ -244,6 +245,15 @@ class ClientProtocol(HeadReader, asyncio.Protocol):
             self.pause_reading()  # refused at its head (on_headers_complete); the connection closes after it
         except httptools.HttpParserError as exc:
             self._refuse(400, "bad_request", f"malformed HTTP request: {exc}")
+        else:
+            if self.in_head:  # a head still incomplete: held (by httptools and us) until it is whole, so bounded
+                self.head_size += len(data)
+                limit = self.sidecar.settings.max_head_bytes
+                if self.head_size > limit:
+                    self.sidecar.stats.oversized_heads += 1
+                    self._refuse(
+                        431, "request_header_fields_too_large", f"the request head is longer than {limit} bytes"
+                    )
         finally:
             self.feeding = False
         hop = self.active
@@ -256,6 +266,9 @@ class ClientProtocol(HeadReader, asyncio.Protocol):
         if isinstance(self.parsing, Hop):  # broken inside a body already on its way: no answer can follow it
             self.close()
             return
+        if self.parsing is not None and self.hops and self.hops[-1] is self.parsing:
+            # Our own answer, waiting for its request's end, which will not come now: the error answers instead.
+            self.hops.pop()
         self.hops.append(Answer.error(status, kind, message))
         self.parsing = None
         if len(self.hops) == 1:
@@ -266,6 +279,7 @@ class ClientProtocol(HeadReader, asyncio.Protocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.in_head = True
+        self.head_size = 0
         self._busy()
         self._wait()  # the head timeout, unless an earlier request is still being answered (then it waits for it)
 
@@ -277,7 +291,8 @@ class ClientProtocol(HeadReader, asyncio.Protocol):
         target = bytes(self._start_line)
         path = decoded_path(target)
         if path.startswith(CONTROL_PREFIX):
-            self.parsing = Answer(sidecar.control(parser.get_method(), path))
+            # Closed after the answer when the client asked (Connection: close, HTTP/1.0): health probes do.
+            self.parsing = Answer(sidecar.control(parser.get_method(), path), close=not parser.should_keep_alive())
         elif parser.should_upgrade():
             message = "the tokenlat sidecar does not relay protocol upgrades (WebSocket, h2c)"
             self.parsing = Answer.error(501, "not_implemented", message)

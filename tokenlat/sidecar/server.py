@@ -23,6 +23,7 @@ from tokenlat.sidecar.protocol import ClientProtocol, UpstreamProtocol
 from tokenlat.sidecar.settings import (
     HEAD_TIMEOUT_S,
     IDLE_TIMEOUT_S,
+    MAX_HEAD_BYTES,
     MAX_IDLE_UPSTREAM,
     Settings,
     Upstream,
@@ -60,10 +61,11 @@ class Sidecar:
 
     Connection limits, each counted in ``stats``: ``idle_timeout`` seconds a keep-alive client connection may sit
     between requests before it is closed; ``head_timeout`` seconds a request head, once begun, has to arrive whole
-    (else 408 and the connection closes); ``max_connections`` client connections at most (None: 1,000, or fewer
-    when the file-descriptor limit could not hold them), beyond which a new connection is answered 503 with
-    ``Retry-After`` and closed; ``max_idle_upstream`` idle upstream connections kept for reuse. A response being
-    relayed is never cut by a timeout: they run only between requests and while a request head is incomplete.
+    (else 408 and the connection closes), and ``max_head_bytes`` bytes it may take (else 431); ``max_connections``
+    client connections at most (None: 1,000, or fewer when the file-descriptor limit could not hold them), beyond
+    which a new connection is answered 503 with ``Retry-After`` and closed; ``max_idle_upstream`` idle upstream
+    connections kept for reuse. A response being relayed is never cut by a timeout: they run only between requests
+    and while a request head is incomplete.
 
     Model names come from clients (the request body, the stream), so they are bounded (tokenlat/sidecar/models.py):
     ``models``, an allowlist, or else the first ``max_models`` distinct names; any other is recorded as ``_other``.
@@ -88,6 +90,7 @@ class Sidecar:
         head_timeout: float = HEAD_TIMEOUT_S,
         max_connections: int | None = None,
         max_idle_upstream: int = MAX_IDLE_UPSTREAM,
+        max_head_bytes: int = MAX_HEAD_BYTES,
         models: Iterable[str] = (),
         max_models: int = MAX_MODELS,
     ) -> None:
@@ -99,6 +102,8 @@ class Sidecar:
         for name, timeout in (("idle_timeout", idle_timeout), ("head_timeout", head_timeout)):
             if not timeout > 0:
                 raise ValueError(f"{name} must be more than 0 seconds, got {timeout}")
+        if max_head_bytes < 1:
+            raise ValueError(f"max_head_bytes must be at least 1, got {max_head_bytes}")
         if max_idle_upstream < 0:
             raise ValueError(f"max_idle_upstream must be at least 0, got {max_idle_upstream}")
         if isinstance(models, str):
@@ -123,6 +128,7 @@ class Sidecar:
             head_timeout=head_timeout,
             max_connections=max_connections,
             max_idle_upstream=max_idle_upstream,
+            max_head_bytes=max_head_bytes,
             models=frozenset(models),
             max_models=max_models,
         )

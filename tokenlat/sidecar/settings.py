@@ -23,6 +23,10 @@ CONNECT_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 75.0
 # A request head (some hundred bytes to a few KiB) that has not arrived whole in 10 s is a slowloris, not a client.
 HEAD_TIMEOUT_S = 10.0
+# Bytes a request head (start line and header fields) may take: httptools (llhttp) sets no bound of its own and the
+# head is held until it is whole, so without one a client could fill the memory for the whole head timeout. 64 KiB,
+# as uvicorn's h11: above nginx's 32 KiB, far above any real client's.
+MAX_HEAD_BYTES = 64 << 10
 # Client connections at most, when the file-descriptor limit allows as many (``max_connections``).
 MAX_CONNECTIONS = 1000
 # Idle upstream connections kept for reuse: the benchmark's 100 concurrent streams reuse theirs; beyond that, a
@@ -104,5 +108,6 @@ class Settings:
     head_timeout: float = HEAD_TIMEOUT_S
     max_connections: int = MAX_CONNECTIONS
     max_idle_upstream: int = MAX_IDLE_UPSTREAM
+    max_head_bytes: int = MAX_HEAD_BYTES
     models: frozenset[str] = frozenset()  # the allowlist of model names; empty: the first max_models seen
     max_models: int = MAX_MODELS

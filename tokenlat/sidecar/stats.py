@@ -29,7 +29,8 @@ class SidecarStats:
 
     The connection limits count apart from requests: ``idle_timeouts`` (keep-alive connections closed after the
     idle timeout between requests), ``head_timeouts`` (connections closed with a 408 because a request head did not
-    arrive whole in time), ``refused_connections`` (answered 503 because the sidecar had its maximum of client
+    arrive whole in time), ``oversized_heads`` (answered 431 because a request head grew past its maximum size),
+    ``refused_connections`` (answered 503 because the sidecar had its maximum of client
     connections), ``upstream_idle_closed`` (upstream connections closed instead of kept, the idle pool being full),
     and ``connections`` (client connections open now).
     """
@@ -48,6 +49,7 @@ class SidecarStats:
     in_flight: int = 0
     idle_timeouts: int = 0
     head_timeouts: int = 0
+    oversized_heads: int = 0
     refused_connections: int = 0
     upstream_idle_closed: int = 0
     connections: int = 0

@@ -14,7 +14,13 @@ from tokenlat.detect import DETECT_BYTES
 from tokenlat.parsers import FORMATS
 from tokenlat.sidecar import LISTENING_NAME, Sidecar, loops, validate_upstream
 from tokenlat.sidecar.models import MAX_MODELS
-from tokenlat.sidecar.settings import HEAD_TIMEOUT_S, IDLE_TIMEOUT_S, MAX_CONNECTIONS, MAX_IDLE_UPSTREAM
+from tokenlat.sidecar.settings import (
+    HEAD_TIMEOUT_S,
+    IDLE_TIMEOUT_S,
+    MAX_CONNECTIONS,
+    MAX_HEAD_BYTES,
+    MAX_IDLE_UPSTREAM,
+)
 from tokenlat_cli import stopping
 from tokenlat_cli.stopping import Stopper
 
@@ -170,6 +176,15 @@ async def _run(
     help="Seconds a request head has, from its first byte, to arrive whole; else 408 and the connection closes.",
 )
 @click.option(
+    "--max-head-bytes",
+    type=click.IntRange(min=1),
+    default=MAX_HEAD_BYTES,
+    show_default=True,
+    metavar="N",
+    help="Bytes a request head (start line and header fields) may take; a longer one gets 431 and the connection "
+    "closes.",
+)
+@click.option(
     "--max-connections",
     type=click.IntRange(min=1),
     default=None,
@@ -220,6 +235,7 @@ def sidecar(
     detect_bytes: int,
     idle_timeout: float,
     head_timeout: float,
+    max_head_bytes: int,
     max_connections: int | None,
     max_idle_upstream: int,
     models: tuple[str, ...],
@@ -263,6 +279,7 @@ def sidecar(
                     {
                         "idle_timeout": idle_timeout,
                         "head_timeout": head_timeout,
+                        "max_head_bytes": max_head_bytes,
                         "max_connections": max_connections,
                         "max_idle_upstream": max_idle_upstream,
                         "models": models,
