@@ -18,6 +18,7 @@ def test_committed_artefacts_have_not_drifted() -> None:
     committed = {str(p.relative_to(DEPLOY)) for p in DEPLOY.glob("*/*")} if DEPLOY.exists() else set()
     assert committed == set(expected), "run `make configs` and commit deploy/"
     for path, text in expected.items():
+        assert str(REPO) not in text, f"deploy/{path} names this checkout's path: renders must not depend on it"
         assert (DEPLOY / path).read_text(encoding="utf-8") == text, f"deploy/{path} drifted: run `make configs`"
 
 

@@ -164,7 +164,8 @@ def header(profile: Profile, what: str, lines: list[str]) -> str:
     """The comment block every autoscaling render starts with: what it is, the signal, and what to fill in."""
     t = trigger(profile)
     text = [
-        f"# {what}, rendered by `tokenlat render --profile {profile.name} --what ...` from {profile.source}.",
+        # The profile's name, not its file: a render must not depend on where the checkout is (the committed samples).
+        f"# {what}, rendered by `tokenlat render --profile {profile.name} --what ...`.",
         f"# Scales {profile.data['autoscaling']['namespace']}/{profile.data['autoscaling']['target']} on: {t.summary}.",
         f"# The signal, for the query console: {t.expression}",
         *(f"# {line}" for line in lines),
