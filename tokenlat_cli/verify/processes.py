@@ -21,10 +21,12 @@ verify's own children only.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import functools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -53,11 +55,45 @@ class ServiceError(RuntimeError):
     """A service that could not be started or did not become ready."""
 
 
+# Ports handed out lately, not handed out again: a port is released when free_port returns, so two calls in a row
+# could otherwise both find the same one free before either service binds it.
+_RECENT_PORTS: collections.deque[int] = collections.deque(maxlen=2000)
+_LOWEST_PORT = 10_000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii").split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now (the OS picks it; a tiny race remains until the user binds)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port on 127.0.0.1 that is free now, for a service to listen on.
+
+    Chosen below the kernel's ephemeral range. A port the OS picks (bind to port 0) comes from that range, from
+    which every outgoing connection also takes its local port; between this check and the service's bind (a
+    Thanos Receive opens its TSDB first), a connection made meanwhile took one such port in CI and the service
+    failed with "address already in use". Below the range only another listener can take it."""
+    low = _ephemeral_range()[0]
+    if low - _LOWEST_PORT >= 1000:
+        for _ in range(200):
+            port = random.randrange(_LOWEST_PORT, low)
+            if port in _RECENT_PORTS:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _RECENT_PORTS.append(port)
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # no room below the range: let the OS pick
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        port = int(sock.getsockname()[1])
+    _RECENT_PORTS.append(port)
+    return port
 
 
 def http_ok(url: str, verify: str | bool = True) -> bool:
