@@ -12,18 +12,19 @@ from pathlib import Path
 
 from tokenlat_cli.artefacts import ARTEFACTS, render_artefact
 from tokenlat_cli.files import write_atomically
+from tokenlat_cli.operate.runtime import two_tier
 from tokenlat_cli.profiles import builtin_names, load_profile
 from tokenlat_cli.render import render_collector_config
 
 
 def expected_configs() -> dict[str, str]:
     """File name -> rendered config: every built-in profile standalone, and as agent and gateway when it
-    describes the two-tier layout (traces with gateways)."""
+    describes the two-tier layout (tiers.gateways)."""
     configs: dict[str, str] = {}
     for name in builtin_names():
         profile = load_profile(name)
         configs[f"{name}.yaml"] = render_collector_config(profile)
-        if profile.data["traces"]["enabled"] and profile.data["traces"]["gateways"]:
+        if two_tier(profile):
             for role in ("agent", "gateway"):
                 configs[f"{name}-{role}.yaml"] = render_collector_config(profile, role)
     return configs

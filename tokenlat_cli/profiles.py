@@ -333,14 +333,7 @@ PROFILE_SCHEMA = Obj(
             fields={
                 "enabled": Bool(doc="Render a traces pipeline.", default=False),
                 "endpoint": Str(doc="OTLP/gRPC endpoint of the trace backend.", default="", **_host_port),
-                "insecure": Bool(
-                    doc="Plain-text gRPC to the trace backend (or, for agents, to the gateways).", default=False
-                ),
-                "gateways": List(
-                    doc="Two-tier layout: the gateways (host:port) agents route traces to (`render --role agent`).",
-                    item=Str(**_host_port),
-                    default=[],
-                ),
+                "insecure": Bool(doc="Plain-text gRPC to the trace backend.", default=False),
                 "decision_wait": Str(doc="How long a trace is held before deciding.", default="10s", **_duration),
                 "vip_attribute": Str(doc="Span attribute naming the user tier.", default="tokenlat.user.tier"),
                 "vip_values": List(doc="Tiers kept at 100%.", item=Str(), default=["vip"]),
@@ -352,6 +345,28 @@ PROFILE_SCHEMA = Obj(
                 ),
             },
             check=_check_traces,
+        ),
+        "tiers": Obj(
+            doc="The two-tier layout (`render --role agent|gateway`): an agent per node routes every signal to a "
+            "tier of gateways, which guard and export it (docs/scale-out.md).",
+            fields={
+                "gateways": List(
+                    doc="The gateways' OTLP/gRPC addresses (host:port) that agents route to (`render --role agent`).",
+                    item=Str(**_host_port),
+                    default=[],
+                ),
+                "metrics_routing": Enum(
+                    doc="What keeps a metric series on one gateway: `resource` (all the points of one service "
+                    "instance) or `service` (all of one service.name). Both keep the points the gateway's guard "
+                    "merges together; finer keys (streamID) would not.",
+                    choices=("resource", "service"),
+                    default="resource",
+                ),
+                "insecure": Bool(
+                    doc="Plain-text gRPC from agents to gateways; otherwise TLS with the receiver's certificates.",
+                    default=False,
+                ),
+            },
         ),
         "slo": Obj(
             doc="What users are promised, and when to page: read by the rules, the dashboard and autoscaling "
@@ -567,6 +582,8 @@ def _read_yaml(path: Path, source: str) -> Any:
         raise ProfileError(source, where, f"invalid YAML: {problem}") from None
     except ValueError as exc:  # a scalar PyYAML cannot build: a date like 2020-13-45, an int of 5,000 digits
         raise ProfileError(source, "", f"invalid YAML: {exc}") from None
+    except (AttributeError, KeyError, TypeError):  # PyYAML's constructors fail so on `!!timestamp x`, `!!bool x`
+        raise ProfileError(source, "", "invalid YAML: a tagged value that does not fit its tag") from None
     except RecursionError:  # [[[[... thousands deep: PyYAML composes recursively
         raise ProfileError(source, "", "invalid YAML: nested too deeply") from None
 

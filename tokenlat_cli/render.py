@@ -100,8 +100,8 @@ def _deidentify_statements(profile: dict[str, Any]) -> list[str]:
 
 ROLES = {
     "standalone": "one Collector: metrics to the backend, traces tail-sampled here",
-    "agent": "node agent: metrics to the backend; traces de-identified and routed by trace id to the gateways",
-    "gateway": "gateway: tail-samples the traces the agents route to it (no metrics pipeline)",
+    "agent": "node agent: metrics routed by resource and traces (de-identified) by trace id to the gateways",
+    "gateway": "gateway: guards and exports the metrics the agents route to it, and tail-samples their traces",
 }
 
 
@@ -127,16 +127,11 @@ def _backend_tls(p: dict[str, Any]) -> dict[str, Any]:
 def template_context(profile: Profile, role: str = "standalone") -> dict[str, Any]:
     p = profile.data
     traces = p["traces"]["enabled"]
-    if role != "standalone" and not traces:
-        raise RenderError(
-            f"{profile.source}: --role {role} needs traces.enabled: true (the two-tier layout is for traces)"
-        )
-    if role == "agent" and not p["traces"]["gateways"]:
-        raise RenderError(f"{profile.source}: traces.gateways: --role agent needs the gateways' host:port addresses")
-    metrics_pipeline = role != "gateway"
+    if role == "agent" and not p["tiers"]["gateways"]:
+        raise RenderError(f"{profile.source}: tiers.gateways: --role agent needs the gateways' host:port addresses")
+    agent = role == "agent"
     deidentify = traces and role != "gateway"
-    tail_sampling = traces and role != "agent"
-    forward = traces and role == "agent"
+    tail_sampling = traces and not agent
     traces_processors = [
         name
         for name, wanted in (
@@ -147,7 +142,7 @@ def template_context(profile: Profile, role: str = "standalone") -> dict[str, An
         )
         if wanted
     ]
-    auth = _auth(p) if metrics_pipeline else None
+    auth = None if agent else _auth(p)
     datapoint_guard, metric_guard = _metric_guard(p)
     return {
         "profile": profile,
@@ -155,10 +150,10 @@ def template_context(profile: Profile, role: str = "standalone") -> dict[str, An
         "library_env": profile.library_env(),
         "role_flag": "" if role == "standalone" else f" --role {role}",
         "role_description": ROLES[role],
-        "metrics_pipeline": metrics_pipeline,
+        "role": role,
+        "agent": agent,
         "deidentify": deidentify,
         "tail_sampling": tail_sampling,
-        "forward_traces": forward,
         "traces_processors": traces_processors,
         "auth": auth,
         "headers": _backend_headers(p),

@@ -87,11 +87,16 @@ def test_each_container_gets_every_variable_its_config_reads_from_the_secret(nam
 
 
 def test_the_two_tier_profile_reads_its_secrets() -> None:
-    """A guard on the test above: aliyun's agents do read variables, so an empty env would not pass unnoticed."""
+    """A guard on the test above: aliyun's tiers do read variables, so an empty env would not pass unnoticed. The
+    agents hash user ids (the salt); only the gateways, which remote-write, hold the backend's credentials."""
     docs = _docs("aliyun")
     (agents,) = _by_kind(docs, "DaemonSet")
-    names = {e["name"] for e in _container(agents)["env"]}
-    assert {"TOKENLAT_ARMS_BASIC_AUTH", "TOKENLAT_REMOTE_WRITE_URL", "TOKENLAT_USER_ID_SALT"} <= names
+    (gateways,) = _by_kind(docs, "StatefulSet")
+    agent_env = {e["name"] for e in _container(agents)["env"]}
+    gateway_env = {e["name"] for e in _container(gateways)["env"]}
+    backend = {"TOKENLAT_ARMS_BASIC_AUTH", "TOKENLAT_REMOTE_WRITE_URL"}
+    assert "TOKENLAT_USER_ID_SALT" in agent_env and not backend & agent_env
+    assert backend <= gateway_env
 
 
 @pytest.mark.parametrize("name", PROFILES)
@@ -146,7 +151,7 @@ def test_two_tier_layout_agents_and_gateway_statefulset() -> None:
     assert headless["spec"]["clusterIP"] == "None"
     namespace = profile.data["deploy"]["namespace"]
     expected = [f"tokenlat-gateway-{i}.tokenlat-gateway.{namespace}.svc:4317" for i in range(2)]
-    assert sorted(profile.data["traces"]["gateways"]) == expected
+    assert sorted(profile.data["tiers"]["gateways"]) == expected
     assert _by_kind(docs, "DaemonSet") and not _by_kind(docs, "Deployment")
     (config_map,) = _by_kind(docs, "ConfigMap")
     assert sorted(config_map["data"]) == ["agent.yaml", "gateway.yaml"]

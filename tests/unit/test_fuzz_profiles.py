@@ -152,12 +152,15 @@ def test_the_builtin_profiles_mutated_load_or_are_refused(profile_path: Path) ->
         (b"service: {telemetry_port: " + b"1" * 5000 + b"}\n", "", "invalid YAML: Exceeds the limit"),
         (b"description: " + b"[" * 1000 + b"]" * 1000 + b"\n", "", "invalid YAML: nested too deeply"),
         (b"backend: {endpoint: 'http://[::1/'}\n", "backend.endpoint", "is not a URL: Invalid IPv6 URL"),
+        (b"description: !!timestamp x\n", "", "invalid YAML: a tagged value that does not fit its tag"),
+        (b"description: !!bool x\n", "", "invalid YAML: a tagged value that does not fit its tag"),
     ],
 )
 def test_what_the_fuzzing_found_is_a_profile_error(
     profile_path: Path, document: bytes, where: str, reason: str
 ) -> None:
-    # Each of these raised something else before (UnicodeDecodeError, ValueError, RecursionError).
+    # Each of these raised something else before (UnicodeDecodeError, ValueError, RecursionError, AttributeError,
+    # KeyError).
     profile_path.write_bytes(document)
     with pytest.raises(ProfileError) as refused:
         load_profile(str(profile_path))

@@ -189,14 +189,14 @@ def test_schema_reference_documents_every_field() -> None:
 def test_extends_merges_over_a_builtin_profile(tmp_path: Path) -> None:
     path = tmp_path / "prod.yaml"
     path.write_text(
-        "extends: aliyun\nbackend:\n  timeout: 30s\ntraces:\n  sample_percentage: 1\n  gateways: []\n",
+        "extends: aliyun\nbackend:\n  timeout: 30s\ntraces:\n  sample_percentage: 1\ntiers:\n  gateways: []\n",
         encoding="utf-8",
     )
     merged = load_profile(str(path)).data
     base = load_profile("aliyun").data
     assert merged["backend"]["timeout"] == "30s"
     assert merged["backend"]["auth"] == base["backend"]["auth"]  # inherited
-    assert merged["traces"]["sample_percentage"] == 1.0 and merged["traces"]["gateways"] == []  # lists replace
+    assert merged["traces"]["sample_percentage"] == 1.0 and merged["tiers"]["gateways"] == []  # lists replace
     assert merged["receiver"] == base["receiver"]
     assert merged["extends"] == "aliyun"
 

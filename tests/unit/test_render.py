@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -13,7 +12,7 @@ from tokenlat import semconv
 from tokenlat.buckets import BucketLayout
 from tokenlat_cli.configs import expected_configs
 from tokenlat_cli.main import cli
-from tokenlat_cli.profiles import load_profile
+from tokenlat_cli.profiles import Profile, load_profile
 from tokenlat_cli.render import render_collector_config, series_estimate
 
 GOLDEN = REPO / "tests" / "golden"
@@ -82,37 +81,55 @@ def test_output_file_written_and_stdout_identical(runner: CliRunner, tmp_path: P
     assert sorted(p.name for p in out.parent.iterdir()) == ["local.yaml"]
 
 
-def test_two_tier_roles_split_the_traces_pipeline() -> None:
+def test_two_tier_roles_route_every_signal_through_the_gateways() -> None:
+    """Agents route metrics by resource and traces by trace id to tiers.gateways, and export nothing to a backend;
+    gateways guard and remote-write the metrics, and tail-sample the traces."""
     profile = load_profile("aliyun")
     agent = yaml.safe_load(render_collector_config(profile, "agent"))
     gateway = yaml.safe_load(render_collector_config(profile, "gateway"))
-    assert agent["service"]["pipelines"]["traces"]["exporters"] == ["load_balancing"]
+    pipelines = agent["service"]["pipelines"]
+    assert pipelines["metrics"]["exporters"] == ["load_balancing/metrics"]
+    assert pipelines["traces"]["exporters"] == ["load_balancing/traces"]
     assert "tail_sampling" not in agent["processors"] and "transform/deidentify" in agent["processors"]
-    assert agent["exporters"]["load_balancing"]["routing_key"] == "traceID"
-    assert agent["exporters"]["load_balancing"]["resolver"]["static"]["hostnames"] == profile.data["traces"]["gateways"]
-    assert "metrics" in agent["service"]["pipelines"]
+    assert agent["exporters"]["load_balancing/metrics"]["routing_key"] == "resource"
+    assert agent["exporters"]["load_balancing/traces"]["routing_key"] == "traceID"
+    for exporter in ("load_balancing/metrics", "load_balancing/traces"):
+        assert agent["exporters"][exporter]["resolver"]["static"]["hostnames"] == profile.data["tiers"]["gateways"]
+    assert "prometheus_remote_write" not in agent["exporters"] and "bearertokenauth/backend" not in agent["extensions"]
     assert gateway["service"]["pipelines"]["traces"]["processors"] == ["memory_limiter", "tail_sampling", "batch"]
-    assert "metrics" not in gateway["service"]["pipelines"] and "prometheus_remote_write" not in gateway["exporters"]
+    assert gateway["service"]["pipelines"]["metrics"] == {
+        "receivers": ["otlp"],
+        "processors": ["memory_limiter", "transform/metric_allowlist", "batch"],
+        "exporters": ["prometheus_remote_write"],
+    }
+    assert "load_balancing/metrics" not in gateway["exporters"]
 
 
-@pytest.mark.parametrize(
-    ("profile", "role", "message"),
-    [
-        ("local", "agent", "--role agent needs traces.enabled: true"),
-        ("local", "gateway", "--role gateway needs traces.enabled: true"),
-    ],
-)
-def test_roles_need_a_traces_pipeline(runner: CliRunner, profile: str, role: str, message: str) -> None:
-    result = runner.invoke(cli, ["render", "--profile", profile, "--role", role])
-    assert result.exit_code == 2 and message in result.output
+def test_agents_route_metrics_as_the_profile_says(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("extends: aliyun\ntiers:\n  metrics_routing: service\n  insecure: true\n", encoding="utf-8")
+    agent = yaml.safe_load(render_collector_config(load_profile(str(path)), "agent"))
+    route = agent["exporters"]["load_balancing/metrics"]
+    assert route["routing_key"] == "service" and route["protocol"]["otlp"]["tls"] == {"insecure": True}
+
+
+def test_a_two_tier_layout_needs_no_traces() -> None:
+    """Metrics alone go through the tiers too: a profile without traces renders both roles, without a traces
+    pipeline."""
+    data = load_profile("local").data
+    data["tiers"]["gateways"] = ["127.0.0.1:4317"]
+    profile = Profile("local", "local", data)
+    for role in ("agent", "gateway"):
+        config = yaml.safe_load(render_collector_config(profile, role))
+        assert list(config["service"]["pipelines"]) == ["metrics"]
 
 
 def test_agent_needs_gateways(runner: CliRunner, tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
-    path.write_text("extends: aliyun\ntraces:\n  gateways: []\n", encoding="utf-8")
+    path.write_text("extends: aliyun\ntiers:\n  gateways: []\n", encoding="utf-8")
     result = runner.invoke(cli, ["render", "--profile", str(path), "--role", "agent"])
     assert result.exit_code == 2
-    assert "traces.gateways: --role agent needs the gateways' host:port addresses" in result.output
+    assert "tiers.gateways: --role agent needs the gateways' host:port addresses" in result.output
 
 
 def test_render_reports_the_series_the_allowlist_allows(runner: CliRunner) -> None:

@@ -38,8 +38,8 @@ from tokenlat_cli.render import ROLES, RenderError, render_collector_config, ser
     type=click.Choice(list(ROLES)),
     default="standalone",
     show_default=True,
-    help="standalone: one Collector; agent/gateway: the two-tier layout (agents route traces by trace id to the "
-    "gateways, which tail-sample).",
+    help="standalone: one Collector; agent/gateway: the two-tier layout (agents route metrics by resource and "
+    "traces by trace id to tiers.gateways, which guard, export and tail-sample).",
 )
 @click.option(
     "--validate/--no-validate",

@@ -1,10 +1,11 @@
 """The Kubernetes manifests that run a profile's Collector (`tokenlat render --what k8s`): one multi-document YAML.
 
-Single tier: one Deployment. Two tiers (traces.gateways set): a DaemonSet of agents (one per node, so services send
+Single tier: one Deployment. Two tiers (tiers.gateways set): a DaemonSet of agents (one per node, so services send
 to their own node) and a StatefulSet of gateways. The gateways are a StatefulSet, not a Deployment, because the
-agents' load_balancing exporter routes by trace id to a fixed list of host names (traces.gateways): only a
-StatefulSet behind a headless Service gives each gateway a stable name (tokenlat-gateway-0.tokenlat-gateway.NS.svc),
-and render refuses a profile whose gateways are not exactly those names, so the two cannot drift apart.
+agents' load_balancing exporters route (metrics by resource, traces by trace id) to a fixed list of host names
+(tiers.gateways): only a StatefulSet behind a headless Service gives each gateway a stable name
+(tokenlat-gateway-0.tokenlat-gateway.NS.svc), and render refuses a profile whose gateways are not exactly those
+names, so the two cannot drift apart.
 
 Secrets never appear here: every variable the rendered config reads (env_vars_referenced) comes from the Secret
 deploy.secret_name, key by key, and certificate files from Secrets mounted where the profile names them. The
@@ -81,10 +82,10 @@ def _check_gateways(profile: Profile, headless: str, grpc_port: int) -> None:
     expected = sorted(
         f"{headless}-{i}.{headless}.{deploy['namespace']}.svc:{grpc_port}" for i in range(deploy["gateway_replicas"])
     )
-    given = sorted(g.replace(".svc.cluster.local:", ".svc:") for g in profile.data["traces"]["gateways"])
+    given = sorted(g.replace(".svc.cluster.local:", ".svc:") for g in profile.data["tiers"]["gateways"])
     if given != expected:
         raise RenderError(
-            f"{profile.source}: traces.gateways must be the gateway StatefulSet's pods (deploy.gateway_replicas "
+            f"{profile.source}: tiers.gateways must be the gateway StatefulSet's pods (deploy.gateway_replicas "
             f"{deploy['gateway_replicas']}, deploy.namespace {deploy['namespace']}): {', '.join(expected)}"
         )
 
@@ -98,13 +99,21 @@ def _resources(profile: Profile) -> dict[str, Any]:
     }
 
 
+def _writes_wal(profile: Profile, tier: runtime.Tier) -> bool:
+    """The tier that remote-writes keeps the WAL (backend.wal): the single Collector, or the gateways."""
+    return bool(profile.data["backend"]["wal"]["enabled"]) and tier.role != "agent"
+
+
+def _wal_claim(profile: Profile) -> dict[str, Any]:
+    storage = profile.data["deploy"]["wal_storage"]
+    return {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage}}}
+
+
 def _wal_volume(profile: Profile, tier: runtime.Tier) -> dict[str, Any] | None:
-    """The WAL's volume: a claim for the single Deployment; for agents (a DaemonSet cannot share one claim) an
-    emptyDir, which survives a container restart (OOM kill, crash) but not the pod's replacement."""
-    if not profile.data["backend"]["wal"]["enabled"] or tier.role == "gateway":
+    """The WAL's volume in the pod: the single Deployment's claim. Each gateway gets a claim of its own from the
+    StatefulSet's volumeClaimTemplates instead, so no volume is listed for it here."""
+    if not _writes_wal(profile, tier) or tier.role == "gateway":
         return None
-    if tier.role == "agent":
-        return {"name": "wal", "emptyDir": {}}
     return {"name": "wal", "persistentVolumeClaim": {"claimName": f"{tier.name}-wal"}}
 
 
@@ -123,6 +132,7 @@ def _volumes(profile: Profile, tier: runtime.Tier) -> tuple[list[dict[str, Any]]
     wal = _wal_volume(profile, tier)
     if wal:
         volumes.append(wal)
+    if _writes_wal(profile, tier):
         mounts.append({"name": "wal", "mountPath": profile.data["backend"]["wal"]["directory"]})
     return volumes, mounts
 
@@ -202,10 +212,15 @@ def _workload(profile: Profile, tier: runtime.Tier, config: str) -> tuple[list[s
     if tier.role == "gateway":
         replicas = profile.data["deploy"]["gateway_replicas"]
         comment = [
-            f"Gateways: {replicas} (deploy.gateway_replicas), tail-sampling what the agents route to them by trace id.",
-            "A StatefulSet: each gateway needs the stable name the agents' traces.gateways list holds.",
+            f"Gateways: {replicas} (deploy.gateway_replicas): they guard and remote-write the agents' metrics and",
+            "tail-sample their traces.",
+            "A StatefulSet: each gateway needs the stable name the agents' tiers.gateways list holds.",
         ]
         spec = {"serviceName": tier.name, "replicas": replicas, "podManagementPolicy": "Parallel", **spec}
+        if _writes_wal(profile, tier):
+            storage = profile.data["deploy"]["wal_storage"]
+            comment.append(f"Each gateway's WAL (backend.wal) on a claim of its own, {storage} (deploy.wal_storage).")
+            spec["volumeClaimTemplates"] = [{"metadata": {"name": "wal"}, "spec": _wal_claim(profile)}]
         return comment, {
             "apiVersion": "apps/v1",
             "kind": "StatefulSet",
@@ -214,7 +229,7 @@ def _workload(profile: Profile, tier: runtime.Tier, config: str) -> tuple[list[s
         }
     comment = [
         "One Collector. One replica: tail sampling needs every span of a trace in one process, and one writer per",
-        "series keeps remote write in order. Scale up with the two-tier layout (traces.gateways) instead.",
+        "series keeps remote write in order. Scale up with the two-tier layout (tiers.gateways) instead.",
     ]
     spec = {"replicas": 1, **spec}
     if _wal_volume(profile, tier):
@@ -300,12 +315,7 @@ def render(profile: Profile) -> str:
     ]
     for tier in tiers:
         documents += [_workload(profile, tier, configs[tier.config_file]), _service(profile, tier)]
-        wal = _wal_volume(profile, tier)
-        if wal and "persistentVolumeClaim" in wal:
-            claim = {
-                "accessModes": ["ReadWriteOnce"],
-                "resources": {"requests": {"storage": deploy["wal_storage"]}},
-            }
+        if _wal_volume(profile, tier):
             documents.append(
                 (
                     [f"The write-ahead log's volume (backend.wal), {deploy['wal_storage']} (deploy.wal_storage)."],
@@ -313,7 +323,7 @@ def render(profile: Profile) -> str:
                         "apiVersion": "v1",
                         "kind": "PersistentVolumeClaim",
                         "metadata": _meta(profile, f"{tier.name}-wal"),
-                        "spec": claim,
+                        "spec": _wal_claim(profile),
                     },
                 )
             )

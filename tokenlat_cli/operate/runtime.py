@@ -117,9 +117,8 @@ class Tier:
 
 
 def two_tier(profile: Profile) -> bool:
-    """Agents plus gateways: the profile routes traces to gateways (the same test tokenlat_cli.configs uses)."""
-    traces = profile.data["traces"]
-    return bool(traces["enabled"] and traces["gateways"])
+    """Agents plus gateways: the profile lists gateways (tiers.gateways)."""
+    return bool(profile.data["tiers"]["gateways"])
 
 
 def tiers(profile: Profile) -> list[Tier]:
