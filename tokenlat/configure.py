@@ -27,6 +27,7 @@ own providers and leaves the global ones alone unless ``set_global=True``.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import Counter, MeterProvider, ObservableCounter
 from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExporter, PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.util.types import AttributeValue
@@ -202,6 +203,21 @@ def _span_exporter(protocol: str, endpoint: str | None, tls: TLSFiles) -> SpanEx
     return HttpExporter(endpoint=_signal_endpoint(protocol, endpoint, "traces"), **tls.http_options())  # type: ignore[arg-type]
 
 
+def _with_instance_id(resource: Resource) -> Resource:
+    """The resource with a service.instance.id: a random one unless the caller, OTEL_RESOURCE_ATTRIBUTES or the SDK
+    set it (the SDK 1.45 sets one per process; older releases that pyproject allows set none).
+
+    Without it, every replica of a service sends the same series (remote write makes the resource's service.name
+    the job label and service.instance.id the instance label): their cumulative counts would overwrite each other
+    in the backend, and two gateways of the two-tier layout could write one series at once. The semantic
+    conventions recommend a random UUID where nothing else identifies the instance; it changes at each start,
+    which costs a new set of series per restart, as a counter reset would anyway.
+    """
+    if SERVICE_INSTANCE_ID in resource.attributes:
+        return resource
+    return resource.merge(Resource({SERVICE_INSTANCE_ID: str(uuid.uuid4())}))
+
+
 def configure(
     *,
     endpoint: str | None = None,
@@ -243,7 +259,7 @@ def configure(
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
 
-    resource = Resource.create(dict(resource_attributes or {}))
+    resource = _with_instance_id(Resource.create(dict(resource_attributes or {})))
     tls = tls or TLSFiles()
     exporter = TokenlatMetricExporter(metric_exporter or _metric_exporter(protocol, endpoint, tls))
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=export_interval_millis)

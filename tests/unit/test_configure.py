@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 from opentelemetry.sdk.metrics import Counter, Histogram, ObservableCounter
 from opentelemetry.sdk.metrics.export import AggregationTemporality, ExponentialHistogramDataPoint, HistogramDataPoint
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.otel_helpers import MODEL, CapturingExporter
 from tokenlat import semconv
-from tokenlat.configure import ConfigurationError, Telemetry, configure, parse_attributes
+from tokenlat.configure import ConfigurationError, Telemetry, _with_instance_id, configure, parse_attributes
 from tokenlat.histograms import DEFAULT_MAX_ATTRIBUTE_SETS, TokenlatMetricExporter
 from tokenlat.recorder import ATTRIBUTE_OVERFLOW, DROPPED_ATTRIBUTES, TRUNCATED_ATTRIBUTES
 
@@ -164,3 +167,38 @@ def test_counters_stay_cumulative_when_the_environment_prefers_delta(
         assert preferred[Histogram] == AggregationTemporality.DELTA  # the environment did apply elsewhere
     finally:
         telemetry.shutdown()
+
+
+def _resource_attributes(telemetry: Telemetry) -> dict[str, object]:
+    return dict(telemetry.meter_provider._sdk_config.resource.attributes)  # type: ignore[attr-defined]
+
+
+def test_every_process_has_a_service_instance_id_and_a_given_one_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replicas of one service must not send the same series: configure() always yields a service.instance.id (a
+    random UUID, one per process), and keeps one given in the arguments or in OTEL_RESOURCE_ATTRIBUTES."""
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    default = configure(metric_exporter=CapturingExporter(), resource_attributes={"service.name": "svc"}, environ={})
+    given = configure(
+        metric_exporter=CapturingExporter(),
+        resource_attributes={"service.name": "svc", "service.instance.id": "pod-7"},
+        environ={},
+    )
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=from-env")
+    from_env = configure(metric_exporter=CapturingExporter(), environ={})
+    try:
+        ids = [_resource_attributes(t)["service.instance.id"] for t in (default, given, from_env)]
+        assert isinstance(ids[0], str) and str(uuid.UUID(ids[0])) == ids[0]
+        assert ids[1:] == ["pod-7", "from-env"]
+        assert _resource_attributes(default)["service.name"] == "svc"
+    finally:
+        for telemetry in (default, given, from_env):
+            telemetry.shutdown()
+
+
+def test_an_instance_id_is_added_where_the_sdk_sets_none() -> None:
+    """Older SDK releases (which pyproject allows) detect no service.instance.id: configure adds one."""
+    bare = Resource({"service.name": "svc"})
+    added = _with_instance_id(bare).attributes
+    assert added["service.name"] == "svc" and uuid.UUID(str(added["service.instance.id"]))
+    kept = Resource({"service.instance.id": "pod-7"})
+    assert _with_instance_id(kept).attributes["service.instance.id"] == "pod-7"
