@@ -11,10 +11,11 @@ THANOS_VERSION := $(shell sed -n 's/^THANOS_VERSION = "\(.*\)"$$/\1/p' tokenlat_
 # The same for Prometheus 3 (a module version: v0.316.0 is Prometheus 3.16.0), pinned in tokenlat_cli/verify/prometheus.py.
 PROMETHEUS3_VERSION := $(shell sed -n 's/^PROMETHEUS3_VERSION = "\(.*\)"$$/\1/p' tokenlat_cli/verify/prometheus.py)
 
-.PHONY: demo test stress-stops lint collector prometheus prometheus3 victoria-metrics chromium nginx alertmanager systemd-analyze thanos venv configs clean help bench image soak fuzz
+.PHONY: demo test stress-stops lint collector prometheus prometheus3 victoria-metrics chromium nginx alertmanager systemd-analyze thanos telemetrygen venv configs clean help bench bench-gateway image soak fuzz scale-out
 
 help:
 	@echo "make demo        build everything and run 'tokenlat verify --profile local'"
+	@echo "make scale-out   verify the thanos profile scaled out (agents, gateways, Receive hashring) while nodes fail"
 	@echo "make test        lint, config drift check, unit and end-to-end tests (what CI runs)"
 	@echo "make stress-stops the stop tests N times in a row (N=20)"
 	@echo "make collector   build the ocb distribution (Collector $(OCB_VERSION)) into $(COLLECTOR)"
@@ -25,6 +26,8 @@ help:
 	@echo "make image       build the Collector image from collector/Dockerfile (needs a Docker engine)"
 	@echo "make configs     re-render collector/configs/ and deploy/ from the built-in profiles"
 	@echo "make bench       hot-path, sidecar and accuracy benchmarks; rewrites docs/benchmarks.md and docs/accuracy.md"
+	@echo "make bench-gateway the gateway Collector's throughput and memory under telemetrygen; rewrites its figures"
+	@echo "make telemetrygen install contrib's telemetrygen at the pinned release into ~/.cache/tokenlat"
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -40,6 +43,11 @@ collector: venv
 # Builds the pinned Thanos from its module source (go install refuses it: replace directives); skips when built.
 thanos:
 	scripts/install-thanos.sh $(THANOS_VERSION)
+
+# contrib's load generator at the Collector release of collector/VERSION (the script reads it there), for the gateway
+# bench and its test; `go install`, about 20 s the first time, then skipped.
+telemetrygen:
+	scripts/install-telemetrygen.sh
 
 # Builds the pinned Prometheus 3 from its module source (without the React UI: not in the module zip); skips when
 # built. verify prefers it to Debian's 2.42; the tests run against both.
@@ -88,6 +96,12 @@ image:
 demo: venv collector prometheus
 	$(BIN)/tokenlat verify --profile local --json verify-report.json
 
+# The thanos profile scaled out (docs/scale-out.md): 4 services on 2 nodes, an agent a node, 3 gateways, a Thanos
+# Receive hashring of 3 ingestors behind a router, read through Query; an ingestor, a gateway and an agent fail
+# while the load runs. About 45 s on 2 cores. The report goes where demo's does.
+scale-out: venv collector thanos
+	$(BIN)/tokenlat verify --profile thanos --topology scale-out --json verify-report.json
+
 configs: venv
 	$(BIN)/python -m tokenlat_cli.configs .
 
@@ -95,7 +109,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: venv collector prometheus prometheus3 victoria-metrics chromium nginx alertmanager systemd-analyze thanos lint
+test: venv collector prometheus prometheus3 victoria-metrics chromium nginx alertmanager systemd-analyze thanos telemetrygen lint
 	$(BIN)/python -m pytest -v
 
 # The stop tests (SIGTERM, Ctrl-C, SIGKILL of verify and the sidecar) N times in a row: a stop that fails now and
@@ -112,6 +126,13 @@ bench: venv nginx
 	$(BIN)/python -m bench.hot_path --markdown docs/benchmarks.md
 	$(BIN)/python -m bench.sidecar --markdown docs/benchmarks.md
 	$(BIN)/python -m bench.accuracy --markdown docs/accuracy.md
+
+# The gateway tier's throughput and memory: telemetrygen at rising rates into one tokenlat Collector (the gateway
+# render) that remote-writes to VictoriaMetrics, until its memory_limiter refuses; then RSS per 100k series. About
+# 15 minutes on 2 cores; run it on a quiet machine. Rewrites its figures in docs/benchmarks.md and
+# docs/gateway-bench.json (docs/scaling.md draws on them). Not part of `make test`, which runs two short steps.
+bench-gateway: venv collector victoria-metrics telemetrygen
+	$(BIN)/python -m bench.gateway --json docs/gateway-bench.json --markdown docs/benchmarks.md
 
 clean:
 	rm -rf collector/_build verify-report.json

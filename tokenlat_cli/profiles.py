@@ -348,7 +348,8 @@ PROFILE_SCHEMA = Obj(
         ),
         "tiers": Obj(
             doc="The two-tier layout (`render --role agent|gateway`): an agent per node routes every signal to a "
-            "tier of gateways, which guard and export it (docs/scale-out.md).",
+            "tier of gateways, which guard and export it (docs/scale-out.md). Gateways run this profile's receiver, "
+            "so agents speak TLS to them exactly when `receiver.tls` is enabled.",
             fields={
                 "gateways": List(
                     doc="The gateways' OTLP/gRPC addresses (host:port) that agents route to (`render --role agent`).",
@@ -361,10 +362,6 @@ PROFILE_SCHEMA = Obj(
                     "merges together; finer keys (streamID) would not.",
                     choices=("resource", "service"),
                     default="resource",
-                ),
-                "insecure": Bool(
-                    doc="Plain-text gRPC from agents to gateways; otherwise TLS with the receiver's certificates.",
-                    default=False,
                 ),
             },
         ),

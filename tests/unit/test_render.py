@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -107,10 +108,23 @@ def test_two_tier_roles_route_every_signal_through_the_gateways() -> None:
 
 def test_agents_route_metrics_as_the_profile_says(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
-    path.write_text("extends: aliyun\ntiers:\n  metrics_routing: service\n  insecure: true\n", encoding="utf-8")
+    path.write_text("extends: aliyun\ntiers:\n  metrics_routing: service\n", encoding="utf-8")
     agent = yaml.safe_load(render_collector_config(load_profile(str(path)), "agent"))
     route = agent["exporters"]["load_balancing/metrics"]
-    assert route["routing_key"] == "service" and route["protocol"]["otlp"]["tls"] == {"insecure": True}
+    assert route["routing_key"] == "service"
+
+
+@pytest.mark.parametrize(("name", "tls"), [("aliyun", True), ("thanos", False)])
+def test_agents_speak_tls_to_the_gateways_exactly_when_the_receiver_does(name: str, tls: bool) -> None:
+    """The gateways run the profile's receiver: an agent of a profile without receiver TLS speaks plain text to
+    them (TLS would fail every handshake), and one with mutual TLS presents the tier's certificate."""
+    data = load_profile(name).data
+    data["tiers"]["gateways"] = ["gw-0:4317"]
+    agent = yaml.safe_load(render_collector_config(Profile(name, name, data), "agent"))
+    settings = agent["exporters"]["load_balancing/metrics"]["protocol"]["otlp"]["tls"]
+    assert data["receiver"]["tls"]["enabled"] is tls
+    assert settings["insecure"] is not tls
+    assert ("cert_file" in settings) is tls
 
 
 def test_a_two_tier_layout_needs_no_traces() -> None:

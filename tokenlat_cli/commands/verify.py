@@ -19,9 +19,16 @@ from tokenlat_cli.stopping import Stopper
 from tokenlat_cli.verify.html_report import render_html
 from tokenlat_cli.verify.processes import ServiceError
 from tokenlat_cli.verify.runner import UnsupportedProfile, VerifySettings, check_supported, run_verify
+from tokenlat_cli.verify.scale_out import ScaleOutSettings, run_scale_out
+from tokenlat_cli.verify.scale_out_topology import UnsupportedTopology, check_scale_out_supported
 from tokenlat_cli.verify.synthetic import Distribution, parse_token_range
 
 DEFAULTS = VerifySettings()
+SCALE_OUT = ScaleOutSettings()
+#: --topology scale-out: the load runs until its faults are done, --requests at most, a few streams at a time (the
+#: topology's ten processes share the machine with it).
+SCALE_OUT_REQUESTS = 20_000
+SCALE_OUT_CONCURRENCY = 8
 #: Seconds after SIGTERM or Ctrl-C within which verify has stopped every child and removed its temp dir: the run
 #: needs at most about 2 (INTERRUPTED_GRACE for the children); past this the Stopper's watchdog kills them and exits.
 STOP_DEADLINE = 10.0
@@ -58,19 +65,36 @@ def _writable_file(ctx: click.Context, param: click.Parameter, value: Path | Non
 @click.command(short_help="Prove the path end to end: known token timings through the real Collector and backend.")
 @profile_option
 @click.option(
+    "--topology",
+    type=click.Choice(["single", "scale-out"]),
+    default="single",
+    show_default=True,
+    help="single: one Collector and one receiver. scale-out (thanos profiles): services on two nodes, an agent per "
+    "node, three gateways, a Thanos Receive hashring (replication factor 3) read through Query; an ingestor, a "
+    "gateway and an agent fail while the load runs (docs/scale-out.md).",
+)
+@click.option(
     "--requests",
     "total",
     type=click.IntRange(min=1),
-    default=DEFAULTS.requests,
-    show_default=True,
-    help="Streaming requests to send in all.",
+    default=None,
+    help=f"Streaming requests to send in all [default: {DEFAULTS.requests}]; with --topology scale-out the load "
+    f"runs until its faults are done, at most this many [default: {SCALE_OUT_REQUESTS}].",
 )
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
-    default=DEFAULTS.concurrency,
+    default=None,
+    help=f"Requests in flight at once [default: {DEFAULTS.concurrency}; {SCALE_OUT_CONCURRENCY} with --topology "
+    "scale-out].",
+)
+@click.option(
+    "--hold-exports",
+    type=click.IntRange(min=1),
+    default=SCALE_OUT.hold_exports,
     show_default=True,
-    help="Requests in flight at once.",
+    help="--topology scale-out: exports every service makes after each fault before the next step (the load runs on "
+    "that many export intervals).",
 )
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed of the synthetic timings.")
 @click.option(
@@ -133,8 +157,10 @@ def _writable_file(ctx: click.Context, param: click.Parameter, value: Path | Non
 @click.option("--keep", is_flag=True, help="Keep the temp dir (configs, logs, Prometheus data) and print its path.")
 def verify(
     profile_name: str,
-    total: int,
-    concurrency: int,
+    topology: str,
+    total: int | None,
+    concurrency: int | None,
+    hold_exports: int,
     seed: int,
     ttft: str,
     inter_token: str,
@@ -159,16 +185,21 @@ def verify(
     # here, not at import: gRPC is imported later, by the run, and other commands keep gRPC's defaults.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     profile = load_profile_or_exit(profile_name)
+    scale_out = topology == "scale-out"
+    if scale_out and via_sidecar:
+        raise click.UsageError("--via-sidecar: the scale-out topology's services are the library (four of them)")
     try:
         check_supported(profile)
+        if scale_out:
+            check_scale_out_supported(profile)
         find_collector()
-    except UnsupportedProfile as exc:
+    except (UnsupportedProfile, UnsupportedTopology) as exc:
         raise click.UsageError(str(exc)) from None
     except CollectorError as exc:
         raise click.ClickException(str(exc)) from None
     settings = VerifySettings(
-        requests=total,
-        concurrency=concurrency,
+        requests=total or (SCALE_OUT_REQUESTS if scale_out else DEFAULTS.requests),
+        concurrency=concurrency or (SCALE_OUT_CONCURRENCY if scale_out else DEFAULTS.concurrency),
         seed=seed,
         ttft=ttft,
         inter_token=inter_token,
@@ -184,7 +215,14 @@ def verify(
         workdir = Path(tempfile.mkdtemp(prefix="tokenlat-verify-"))
         stopper.on_give_up(lambda: _remove(workdir, keep))
         try:
-            report = run_verify(profile, settings, workdir, lambda line: click.echo(line, err=True))
+
+            def echo(line: str) -> None:
+                click.echo(line, err=True)
+
+            if scale_out:
+                report = run_scale_out(profile, settings, workdir, echo, ScaleOutSettings(hold_exports=hold_exports))
+            else:
+                report = run_verify(profile, settings, workdir, echo)
         except BaseException as exc:
             if stopper.requested.is_set():  # whatever the stop surfaced as: Interrupted, a dead child, a refused port
                 report = None

@@ -32,6 +32,7 @@ from tokenlat_cli.verify.prometheus import Prometheus, find_prometheus
 from tokenlat_cli.verify.promql import PrometheusClient
 from tokenlat_cli.verify.services import START_TIMEOUT
 from tokenlat_cli.verify.thanos import start_thanos_query, start_thanos_receive
+from tokenlat_cli.verify.thanos_hashring import ReceiveHashring, start_receive_hashring
 
 PROMETHEUS_KINDS = ("prometheus", "aliyun", "tencent")
 VICTORIA_ENV = "VICTORIA_METRICS_BIN"
@@ -211,20 +212,50 @@ def _start_victoria_metrics(
     )
 
 
-def _start_thanos(group: ProcessGroup, workdir: Path, profile_data: dict[str, Any], certs: CertificateSet) -> Backend:
-    """Thanos Receive (tenant from the THANOS-TENANT header; mutual TLS when the profile has a client certificate),
-    read back through Thanos Query."""
+def _thanos_tls(profile_data: dict[str, Any], certs: CertificateSet) -> tuple[Path, Path, Path | None]:
+    """Receive's remote-write TLS: always HTTPS, mutual when the profile has a client certificate."""
     mutual = bool(profile_data["backend"]["tls"]["cert_file"])
-    tls = (str(certs.server_cert), str(certs.server_key), str(certs.ca) if mutual else None)
-    receive = start_thanos_receive(group, workdir, tls=tls)
-    query_url = start_thanos_query(group, workdir, receive.grpc_address)
+    return certs.server_cert, certs.server_key, certs.ca if mutual else None
+
+
+def _thanos_backend(
+    description: str, write_url: str, query_url: str, profile_data: dict[str, Any], certs: CertificateSet
+) -> Backend:
+    mutual = _thanos_tls(profile_data, certs)[2] is not None
     tenant = profile_data["backend"]["tenant"]
     return Backend(
-        description=f"Thanos Receive (tenant {tenant or 'default'}{', mutual TLS' if mutual else ''}) and Query",
-        write_url=receive.remote_write_url,
+        description=f"{description} (tenant {tenant or 'default'}{', mutual TLS' if mutual else ''}) and Query",
+        write_url=write_url,
         query=PrometheusClient(query_url),
         ca_file=str(certs.ca),
         client_cert=(str(certs.client_cert), str(certs.client_key)) if mutual else None,
         tenant=tenant or None,
-        processes=[receive.process],
     )
+
+
+def _start_thanos(group: ProcessGroup, workdir: Path, profile_data: dict[str, Any], certs: CertificateSet) -> Backend:
+    """Thanos Receive (tenant from the THANOS-TENANT header; mutual TLS when the profile has a client certificate),
+    read back through Thanos Query."""
+    receive = start_thanos_receive(group, workdir, tls=_thanos_tls(profile_data, certs))
+    query_url = start_thanos_query(group, workdir, receive.grpc_address)
+    backend = _thanos_backend("Thanos Receive", receive.remote_write_url, query_url, profile_data, certs)
+    backend.processes.append(receive.process)
+    return backend
+
+
+def start_thanos_hashring_backend(
+    group: ProcessGroup, workdir: Path, profile_data: dict[str, Any], certs: CertificateSet
+) -> tuple[Backend, ReceiveHashring]:
+    """The thanos profile's backend as a hashring (thanos_hashring.py): the router takes the remote write with the
+    profile's tenant and TLS, as the single Receive does, and Query reads the ingestors' replicas back as one."""
+    check_backend_supported(profile_data)
+    if profile_data["backend"]["kind"] != "thanos":
+        raise UnsupportedBackend(f"backend.kind {profile_data['backend']['kind']}: a Receive hashring is Thanos'")
+    ring = start_receive_hashring(group, workdir, tls=_thanos_tls(profile_data, certs))
+    description = (
+        f"Thanos Receive hashring ({len(ring.ingestors)} ingestors behind a router, "
+        f"replication factor {ring.replication_factor})"
+    )
+    backend = _thanos_backend(description, ring.remote_write_url, ring.query_url, profile_data, certs)
+    backend.processes.extend([ring.router.process, *(i.process for i in ring.ingestors)])
+    return backend, ring

@@ -188,8 +188,15 @@ async def run_load(
     seed: int,
     progress: Progress | None = None,
     ramp: float = 0.0,
+    services: Sequence[TokenMetrics] = (),
+    keep_going: Callable[[], bool] | None = None,
 ) -> LoadResult:
     """``total`` streaming requests, at most ``concurrency`` at a time, the first ones started over ``ramp`` seconds.
+
+    ``services``: the load spread over several instrumented services, as behind a load balancer: request ``i`` is
+    measured by ``services[i % len(services)]`` (``metrics`` is then not used). ``keep_going``: asked before each
+    request is started; once it says no, the requests in flight finish and no more start (a load that lasts as long
+    as something else takes, with ``total`` as its cap).
 
     A ramp as long as a stream takes starts the load as it runs in steady state, where a request starts when
     another ends. Started all at once, a hundred requests queue behind each other in every process on the way
@@ -208,6 +215,8 @@ async def run_load(
         nonlocal done
         await asyncio.sleep(delay)
         while True:
+            if keep_going is not None and not keep_going():
+                return
             try:
                 index = queue.get_nowait()
             except asyncio.QueueEmpty:
@@ -215,7 +224,8 @@ async def run_load(
             rng = random.Random(seed * 1_000_003 + index)
             try:
                 request_gaps: list[float] = []
-                truth = await _one_request(session, index, url, model, rng, metrics, attributes, request_gaps)
+                measured = services[index % len(services)] if services else metrics
+                truth = await _one_request(session, index, url, model, rng, measured, attributes, request_gaps)
                 result.truths.append(truth)
                 result.gaps.extend(request_gaps)
             except (aiohttp.ClientError, RuntimeError, ValueError, asyncio.TimeoutError) as exc:
@@ -224,7 +234,7 @@ async def run_load(
             if progress is not None:
                 progress(done, total)
 
-    traces = [_start_when_sent()] if metrics is None else []
+    traces = [_start_when_sent()] if metrics is None and not services else []
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=traces) as session:
         workers = min(concurrency, total)
         with _no_collector_pauses():

@@ -66,9 +66,9 @@ class PrometheusClient:
             raise PromQLError(what, f"unexpected answer {str(payload)[:200]!r}")
         return payload.get("data")
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """The series of an instant query."""
-        return list(self._data("/api/v1/query", f"query {expr!r}", {"query": expr})["result"])
+    def query(self, expr: str, **params: str) -> list[dict[str, Any]]:
+        """The series of an instant query; ``params`` go along (Thanos Query's ``dedup``, a ``time``)."""
+        return list(self._data("/api/v1/query", f"query {expr!r}", {"query": expr, **params})["result"])
 
     def scalar(self, expr: str) -> float | None:
         """The single value of an instant query, or None when it returns no series."""

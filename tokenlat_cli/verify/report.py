@@ -48,6 +48,8 @@ class Report:
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     distributions: list[LatencyDistribution] = field(default_factory=list)
+    #: Figures a run measured beyond its checks, for CI to keep (the scale-out run's faults: times, counts); JSON only.
+    measurements: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -61,6 +63,8 @@ class Report:
             "checks": [{k: _json_number(v) for k, v in c.to_dict().items()} for c in self.checks],
             "notes": self.notes,
         }
+        if self.measurements:
+            payload["measurements"] = _json_clean(self.measurements)
         return json.dumps(payload, indent=2, allow_nan=False) + "\n"
 
     def table(self) -> str:
@@ -86,6 +90,15 @@ def _json_number(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def _json_clean(value: object) -> object:
+    """``value`` with every non-finite float in it, however deep, made a string."""
+    if isinstance(value, dict):
+        return {str(k): _json_clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_clean(v) for v in value]
+    return _json_number(value)
 
 
 def _result(check: Check) -> str:

@@ -14,11 +14,12 @@ import dataclasses
 import secrets
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import requests
+from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from tokenlat import semconv
@@ -98,7 +99,7 @@ def check_supported(profile: Profile) -> None:
         raise UnsupportedProfile(f"{profile.source}: verify cannot check this profile locally: {exc}") from None
 
 
-def _without_traces(profile: Profile) -> Profile:
+def without_traces(profile: Profile) -> Profile:
     data = copy.deepcopy(profile.data)
     data["traces"]["enabled"] = False
     return Profile(profile.name, profile.source, data)
@@ -174,16 +175,18 @@ def queries_for(profile: Profile, histogram: str) -> Queries:
     return Queries(native=histogram == "exponential" or nhcb)
 
 
-def _telemetry(
+def service_telemetry(
     deployment: LocalDeployment,
     interval: float,
     histogram: str,
     spans: SpanExporter | None = None,
     service_name: str = "tokenlat-verify",
+    metric_exporter: MetricExporter | None = None,
 ) -> Telemetry:
     """The library's own setup, as a service would call it (the profile's bucket layout, as render tells services
     to set it); nothing from this process's environment leaks in. With ``spans``, one span per request goes there,
-    and its trace id becomes the exemplar of the buckets the request lands in."""
+    and its trace id becomes the exemplar of the buckets the request lands in. ``metric_exporter`` replaces the
+    OTLP exporter the library would build (the scale-out run wraps that exporter to hold and log exports)."""
     return configure(
         spans=spans is not None,
         span_exporter=spans,
@@ -194,8 +197,13 @@ def _telemetry(
         export_interval_millis=interval * 1000,
         histogram=histogram,
         buckets=deployment.profile.layout,
+        metric_exporter=metric_exporter,
         environ={},
     )
+
+
+#: The name the end-to-end tests import.
+_telemetry = service_telemetry
 
 
 def _exporter_failures(telemetry_url: str) -> float:
@@ -233,7 +241,7 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
     with running_pipeline(profile, settings, workdir, stages) as pipeline:
         backend, deployment, load, sink = pipeline.backend, pipeline.deployment, pipeline.load, pipeline.sink
         started = stages.begin(f"waiting for the data in {backend.description} (up to {settings.deadline:.0f}s)")
-        _compare(report, load, settings, backend.query, profile)
+        compare_with_truth(report, load, settings, backend.query, profile)
         _exemplars(report, profile, load, settings, backend.query, run_started)
         _cardinality(report, deployment, backend.query, settings)
         report.checks.append(
@@ -251,7 +259,7 @@ def run_verify(profile: Profile, settings: VerifySettings, workdir: Path, echo: 
                 )
             )
         if backend.tenant is not None:
-            report.checks.append(_tenant_check(backend, len(load.truths), queries_for(profile, settings.histogram)))
+            report.checks.append(tenant_check(backend, len(load.truths), queries_for(profile, settings.histogram)))
         if sink is not None:
             report.checks.extend(
                 trace_checks(sink, deployment.otlp_endpoint, deployment.client_tls, deployment.profile.data,
@@ -329,18 +337,22 @@ def running_pipeline(
         started = stages.begin(
             "starting the synthetic model server" + (" and the tokenlat sidecar" if settings.via_sidecar else "")
         )
-        synthetic_args = [
-            f"--seed={settings.seed}",
-            f"--ttft={settings.ttft}",
-            f"--inter-token={settings.inter_token}",
-            f"--output-tokens={settings.output_tokens}",
-        ]
-        server = start_synthetic(group, workdir, synthetic_args)
+        server = start_synthetic(group, workdir, synthetic_args(settings))
         stages.end(started, server.url)
 
         load = _run_traffic(group, workdir, server.url, deployment, settings, stages, stages.echo)
         assert settings.histogram is not None
         yield LoadedPipeline(group, certs, backend, deployment, collector, sink, salt, load, settings.histogram)
+
+
+def synthetic_args(settings: VerifySettings) -> list[str]:
+    """The synthetic model server's flags for the run's timings (services.start_synthetic)."""
+    return [
+        f"--seed={settings.seed}",
+        f"--ttft={settings.ttft}",
+        f"--inter-token={settings.inter_token}",
+        f"--output-tokens={settings.output_tokens}",
+    ]
 
 
 def _cardinality(
@@ -382,7 +394,7 @@ def _wrong_credential_check(
     endpoints = CollectorEndpoints.pick()
     subdir = workdir / "wrong-credential"
     subdir.mkdir()
-    deployment = local_deployment(_without_traces(profile), backend, endpoints, certs, subdir)
+    deployment = local_deployment(without_traces(profile), backend, endpoints, certs, subdir)
     # A refused TLS handshake is retried (as a network error would be) for retry_max_elapsed, 5 minutes by
     # default; this Collector gives up after a few seconds so that the failure is counted within the run.
     deployment.profile.data["backend"].update(retry_max_elapsed=WRONG_CREDENTIAL_RETRY, retry_max_interval="1s")
@@ -413,7 +425,7 @@ def _wrong_credential_check(
     )
 
 
-def _tenant_check(backend: Backend, requests_sent: int, queries: Queries) -> checks.Check:
+def tenant_check(backend: Backend, requests_sent: int, queries: Queries) -> checks.Check:
     """Thanos: the data is stored under the profile's tenant (the THANOS-TENANT header reached Receive)."""
     observed = backend.query.scalar(queries.count(semconv.DURATION_SPEC, f'tenant_id="{backend.tenant}"'))
     return checks.count_check(f"requests stored under tenant_id={backend.tenant}", requests_sent, observed)
@@ -458,7 +470,7 @@ def _run_traffic(
             f"through the tokenlat sidecar ({sidecar.url})"
         )
         try:
-            load = _drive(sidecar.url, settings, None, echo)
+            load = drive_load(sidecar.url, settings, None, echo)
         finally:
             # SIGTERM: the sidecar drains and flushes its last export while the Collector still runs.
             sidecar.process.stop()
@@ -471,7 +483,7 @@ def _run_traffic(
     spans = TraceIds()
     telemetry = _telemetry(deployment, settings.export_interval, histogram_kind(deployment.profile, settings), spans)
     try:
-        load = _drive(model_url, settings, telemetry.metrics, echo)
+        load = drive_load(model_url, settings, telemetry.metrics, echo)
     finally:
         # Also when a request fails: the final export reaches the Collector while it is still running. Not after a
         # stop request: the Collector is being stopped, and the export would only wait for its timeout (the
@@ -499,7 +511,18 @@ def _mutual_tls_checks(deployment: LocalDeployment) -> list[checks.Check]:
     return rows
 
 
-def _drive(url: str, settings: VerifySettings, metrics: TokenMetrics | None, echo: Echo) -> LoadResult:
+def drive_load(
+    url: str,
+    settings: VerifySettings,
+    metrics: TokenMetrics | None,
+    echo: Echo,
+    *,
+    services: Sequence[TokenMetrics] = (),
+    keep_going: Callable[[], bool] | None = None,
+) -> LoadResult:
+    """The load of ``settings`` against the model server at ``url``, measured by ``metrics`` (None: by something
+    outside this process), or spread over ``services``; until ``keep_going`` says no, when given (load.run_load).
+    A stop request (SIGTERM, Ctrl-C) cancels it, from any thread it runs in."""
     step = max(1, settings.requests // 5)
 
     def progress(done: int, total: int) -> None:
@@ -529,6 +552,8 @@ def _drive(url: str, settings: VerifySettings, metrics: TokenMetrics | None, ech
                 settings.seed,
                 progress,
                 ramp=_mean_stream_seconds(settings),
+                services=services,
+                keep_going=keep_going,
             )
 
     try:
@@ -570,7 +595,7 @@ def _exemplars(
         report.checks.append(exemplar_check(client, queries, spec, load.trace_ids, since, time.time()))
 
 
-def _compare(
+def compare_with_truth(
     report: Report,
     load: LoadResult,
     settings: VerifySettings,

@@ -243,6 +243,23 @@ class Recorded:
         return 0.0 if index == ZERO else native_bound(index, self.scale)
 
 
+def merge_recorded(parts: Sequence[Mapping[str, Recorded]]) -> dict[str, Recorded]:
+    """What several services recorded, per histogram, as one: what a query summing over them answers from. Their
+    bucket layouts must agree (one profile's services do); a ValueError names the metric where they do not."""
+    merged: dict[str, Recorded] = {}
+    for part in parts:
+        for name, recorded in part.items():
+            into = merged.get(name)
+            if into is None:
+                merged[name] = Recorded(dict(recorded.counts), recorded.bounds, recorded.scale)
+                continue
+            if (into.bounds, into.scale) != (recorded.bounds, recorded.scale):
+                raise ValueError(f"{name}: the services recorded different buckets, which no sum can merge")
+            for index, n in recorded.counts.items():
+                into.counts[index] = into.counts.get(index, 0) + n
+    return merged
+
+
 def recorded_histograms(store: MetricStore) -> dict[str, Recorded]:
     """The latency histograms a MetricStore holds, by metric name: what the library sent, for the pipeline rows."""
     recorded = {}
