@@ -14,9 +14,10 @@ from tests.conftest import DATA
 from tokenlat_cli.collector import validate_config
 from tokenlat_cli.profiles import Profile, load_profile
 from tokenlat_cli.render import render_collector_config
+from tokenlat_cli.verify import own_metrics
 from tokenlat_cli.verify.processes import ProcessGroup
 from tokenlat_cli.verify.services import CollectorEndpoints, start_collector
-from tokenlat_cli.verify.traces import TraceSink, start_trace_sink, trace_checks
+from tokenlat_cli.verify.traces import TraceSink, plan_traces, start_trace_sink, trace_checks
 
 
 @dataclass
@@ -89,3 +90,54 @@ def test_vip_check_fails_when_the_collector_does_not_keep_the_tier(traces_setup:
     vip = checks["traces kept: VIP tier"]
     assert not vip.passed and vip.observed < vip.expected, vip  # type: ignore[operator]
     assert all(c.passed for name, c in checks.items() if name != "traces kept: VIP tier"), checks
+
+
+@dataclass
+class _TwoTiers:
+    sink: TraceSink
+    profile: dict[str, Any]  # the agent's profile as rendered for this run
+    agent_endpoint: str
+    gateway_telemetry: list[str]  # each gateway's own metrics URL
+    salt: str
+
+
+@pytest.fixture(scope="module")
+def two_tiers(collector_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_TwoTiers]:
+    """The same traces profile as the two-tier layout: an agent routing by trace id to two gateways, which
+    tail-sample into the sink."""
+    workdir = tmp_path_factory.mktemp("two-tier-traces")
+    salt = "tokenlat-test-salt"
+    base = load_profile(str(DATA / "traces.yaml"))
+    salt_env = base.data["deidentification"]["salt_env"]
+    with ProcessGroup() as group:
+        sink = start_trace_sink(group, workdir)
+        gateways = []
+        for i in range(2):
+            endpoints = CollectorEndpoints.pick()
+            (workdir / f"gateway-{i}").mkdir()
+            config = render_collector_config(_local(base, endpoints, sink), "gateway")
+            gateways.append(start_collector(group, workdir / f"gateway-{i}", config, endpoints, env={salt_env: salt}))
+        endpoints = CollectorEndpoints.pick()
+        agent = _local(base, endpoints, sink)
+        agent.data["tiers"]["gateways"] = [g.otlp_grpc_endpoint for g in gateways]
+        (workdir / "agent").mkdir()
+        start_collector(
+            group, workdir / "agent", render_collector_config(agent, "agent"), endpoints, env={salt_env: salt}
+        )
+        yield _TwoTiers(sink, agent.data, f"http://{endpoints.otlp_grpc}", [g.telemetry_url for g in gateways], salt)
+
+
+def test_two_tiers_keep_whole_traces_spread_over_the_gateways(two_tiers: _TwoTiers) -> None:
+    """Routing by trace id: every span of a trace meets at one gateway, so tail sampling keeps traces whole, while
+    the traces spread over both gateways (routing by service would send them all to one) and each span reaches
+    exactly one gateway."""
+    s = two_tiers
+    checks = trace_checks(s.sink, s.agent_endpoint, None, s.profile, s.salt, seed=2)
+    assert all(c.passed for c in checks), "\n".join(map(str, checks))
+    sent = sum(t.span_count for t in plan_traces(400, 2))
+    accepted = [
+        own_metrics.total(own_metrics.scrape(url), "otelcol_receiver_accepted_spans")
+        for url in s.gateway_telemetry
+    ]
+    assert sum(accepted) == sent, accepted
+    assert min(accepted) >= sent * 0.3, f"one gateway got {min(accepted):.0f} of {sent} spans: traces not spread"
