@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -20,7 +19,6 @@ from opentelemetry.sdk.metrics.export import (
     Histogram,
     HistogramDataPoint,
     Metric,
-    MetricExporter,
     MetricExportResult,
     MetricsData,
     NumberDataPoint,
@@ -31,6 +29,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from tokenlat import semconv
+from tokenlat.testing import CapturingExporter
 from tokenlat_cli.main import cli
 from tokenlat_cli.profiles import load_profile
 from tokenlat_cli.verify import gateway_discovery, own_metrics
@@ -143,22 +142,6 @@ def _metrics(points: int, requests: int) -> MetricsData:
     return MetricsData([ResourceMetrics(Resource.create({}), [scope], "")])
 
 
-class _Inner(MetricExporter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.exports: list[MetricsData] = []
-
-    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
-        self.exports.append(metrics_data)
-        return MetricExportResult.SUCCESS
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return True
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        pass
-
-
 def _export_in_thread(gate: ExportGate, data: MetricsData) -> threading.Thread:
     thread = threading.Thread(target=gate.export, args=(data,), daemon=True)
     thread.start()
@@ -166,7 +149,7 @@ def _export_in_thread(gate: ExportGate, data: MetricsData) -> threading.Thread:
 
 
 def test_gate_logs_exports_and_holds_them_while_shut() -> None:
-    inner = _Inner()
+    inner = CapturingExporter()
     gate = ExportGate(inner, "svc")
     assert gate.export(_metrics(3, 7)) is MetricExportResult.SUCCESS
     assert [(r.points, r.requests, r.ok) for r in gate.records] == [(3, 7, True)]
@@ -190,7 +173,7 @@ def test_gate_logs_exports_and_holds_them_while_shut() -> None:
 
 
 def test_gate_released_for_shutdown_lets_everything_through() -> None:
-    gate = ExportGate(_Inner(), "svc")
+    gate = ExportGate(CapturingExporter(), "svc")
     gate.shut(timeout=1)
     held = _export_in_thread(gate, _metrics(1, 1))
     gate.shutdown()  # the service's last export must never wait at a shut gate
@@ -201,7 +184,7 @@ def test_gate_released_for_shutdown_lets_everything_through() -> None:
 
 
 def test_let_one_through_names_the_service_when_no_export_comes() -> None:
-    gate = ExportGate(_Inner(), "svc-x")
+    gate = ExportGate(CapturingExporter(), "svc-x")
     gate.shut(timeout=1)
     with pytest.raises(TimeoutError, match="svc-x"):
         gate.let_one_through(timeout=0.1)
@@ -364,7 +347,7 @@ def test_verify_refuses_scale_out_with_another_profile_or_the_sidecar() -> None:
 
 
 def test_gate_discards_the_held_export_so_the_last_goes_alone() -> None:
-    inner = _Inner()
+    inner = CapturingExporter()
     gate = ExportGate(inner, "svc")
     gate.shut(timeout=1)
     held = _export_in_thread(gate, _metrics(1, 1))
@@ -375,7 +358,7 @@ def test_gate_discards_the_held_export_so_the_last_goes_alone() -> None:
     assert gate.export(_metrics(1, 2)) is MetricExportResult.SUCCESS  # the last export is not discarded
     assert [r.requests for r in gate.records] == [2]
     with pytest.raises(TimeoutError, match="no export held"):
-        ExportGate(_Inner(), "idle").discard_held(timeout=0.1)
+        ExportGate(CapturingExporter(), "idle").discard_held(timeout=0.1)
 
 
 def test_report_json_carries_the_measurements_with_non_finite_numbers_as_strings() -> None:
