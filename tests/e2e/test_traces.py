@@ -136,8 +136,7 @@ def test_two_tiers_keep_whole_traces_spread_over_the_gateways(two_tiers: _TwoTie
     assert all(c.passed for c in checks), "\n".join(map(str, checks))
     sent = sum(t.span_count for t in plan_traces(400, 2))
     accepted = [
-        own_metrics.total(own_metrics.scrape(url), "otelcol_receiver_accepted_spans")
-        for url in s.gateway_telemetry
+        own_metrics.total(own_metrics.scrape(url), "otelcol_receiver_accepted_spans") for url in s.gateway_telemetry
     ]
     assert sum(accepted) == sent, accepted
     assert min(accepted) >= sent * 0.3, f"one gateway got {min(accepted):.0f} of {sent} spans: traces not spread"
