@@ -18,6 +18,7 @@ import pytest
 
 from bench import gateway, gateway_report
 from bench.telemetrygen import find_telemetrygen
+from tests.e2e.bench_runs import keep_results
 from tokenlat_cli.verify.processes import ServiceError
 
 SHORT = ["--warmup", "5", "--measure", "5", "--interval", "3"]
@@ -32,14 +33,7 @@ def telemetrygen_binary() -> Path:
 
 
 def _run(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, gateway.Result, str]:
-    results: list[gateway.Result] = []
-    real_run = gateway.run
-
-    def keeping(*args: object, **kwargs: object) -> gateway.Result:
-        results.append(real_run(*args, **kwargs))  # type: ignore[arg-type]
-        return results[-1]
-
-    monkeypatch.setattr(gateway, "run", keeping)
+    results = keep_results(gateway, monkeypatch)
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         code = gateway.main(argv)

@@ -16,6 +16,7 @@ import pytest
 
 from bench import nginx
 from bench import sidecar as bench
+from tests.e2e.bench_runs import keep_results
 
 TINY = ["--requests", "20", "--concurrency", "10", "--rounds", "1", "--reference", "nginx"]
 
@@ -23,14 +24,7 @@ TINY = ["--requests", "20", "--concurrency", "10", "--rounds", "1", "--reference
 def test_tiny_bench_with_the_nginx_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if nginx.find_nginx() is None:
         pytest.fail(f"end-to-end prerequisite missing: {nginx.MISSING}")
-    results: list[bench.Result] = []
-    real_run = bench.run
-
-    def keeping(*args: object, **kwargs: object) -> bench.Result:
-        results.append(real_run(*args, **kwargs))  # type: ignore[arg-type]
-        return results[-1]
-
-    monkeypatch.setattr(bench, "run", keeping)
+    results = keep_results(bench, monkeypatch)
     doc = tmp_path / "benchmarks.md"
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
