@@ -4,9 +4,9 @@
 
 What ``bench.sidecar`` measures on a whole process (with sockets, the event loop and three processes on the
 cores, which make one run's figure move by 20% or more), this measures on the measuring alone, so that two
-versions of the code can be compared back to back: every chunk goes through ``Measurer.measure_later`` (as
-``Hop.response_body`` hands it over after relaying it) and is measured in batches by ``measure_now``, as in the
-sidecar; each stream is an ``Exchange`` from its first chunk to ``finish`` (recorder created, metrics recorded).
+versions of the code can be compared back to back: every chunk goes through ``Measurer.measure`` (as
+``Hop.response_body`` hands it over after relaying it); each stream is an ``Exchange`` from its first chunk to
+``finish`` (recorder created, metrics recorded).
 The stream is what the bench's synthetic server sends: a role chunk, content chunks, the finish chunk, the usage
 chunk and ``[DONE]``. The parser alone and ``json.loads`` alone are timed too, to show where the time goes.
 """
@@ -14,7 +14,6 @@ chunk and ``[DONE]``. The parser alone and ``json.loads`` alone are timed too, t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import json
 import time
@@ -28,7 +27,6 @@ from tokenlat.sidecar.measure import Measurer
 from tokenlat.testing import CapturingExporter
 
 CONTENT_CHUNKS = 32
-BATCH = 7  # chunks measured per event-loop turn: what the bench's sidecar averaged at 100 concurrent streams
 GAP_S = 0.012
 PATH = "/v1/chat/completions"
 HEADERS = [(b"content-type", b"application/json")]
@@ -65,7 +63,6 @@ def stream_chunks() -> list[bytes]:
 
 def _measure_streams(measurer: Measurer, chunks: Sequence[bytes], streams: int) -> int:
     at = 1000.0
-    waiting = 0
     for _ in range(streams):
         exchange = measurer.exchange(PATH, HEADERS, at)
         exchange.set_body(BODY)
@@ -73,11 +70,7 @@ def _measure_streams(measurer: Measurer, chunks: Sequence[bytes], streams: int) 
         measurer.classify(exchange, 200)
         for chunk in chunks:
             at += GAP_S
-            measurer.measure_later(exchange, chunk, at)
-            waiting += 1
-            if waiting == BATCH:  # the loop's turn: what its timer would run
-                measurer.measure_now()
-                waiting = 0
+            measurer.measure(exchange, chunk, at)
         exchange.finish(None)
     return streams * len(chunks)
 
@@ -99,7 +92,7 @@ def _json_only(chunks: Sequence[bytes], streams: int) -> int:
     return streams * len(chunks)  # per relayed chunk, as the others
 
 
-async def run(streams: int, repeats: int) -> dict[str, float]:
+def run(streams: int, repeats: int) -> dict[str, float]:
     """Best CPU microseconds per chunk of each case, the cases interleaved on every repeat."""
     telemetry = configure(
         metric_exporter=CapturingExporter(),
@@ -111,7 +104,7 @@ async def run(streams: int, repeats: int) -> dict[str, float]:
     measurer = Sidecar("http://127.0.0.1:9", telemetry.metrics).measurer  # never started: nothing listens
     chunks = stream_chunks()
     cases: dict[str, Callable[[], int]] = {
-        "measuring (measure_later .. finish)": lambda: _measure_streams(measurer, chunks, streams),
+        "measuring (measure .. finish)": lambda: _measure_streams(measurer, chunks, streams),
         "of which parsing (StreamParser.feed)": lambda: _parse_only(chunks, streams),
         "of which json.loads": lambda: _json_only(chunks, streams),
     }
@@ -123,7 +116,6 @@ async def run(streams: int, repeats: int) -> dict[str, float]:
                 began = time.process_time()
                 count = case()
                 best[name] = min(best[name], (time.process_time() - began) / count * 1e6)
-                await asyncio.sleep(0)  # the timers measure_later scheduled run (and find nothing left)
     finally:
         gc.enable()
         telemetry.shutdown()
@@ -135,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=300, help="streams per repeat (default 300)")
     parser.add_argument("--repeats", type=int, default=7, help="repeats; the best counts (default 7)")
     args = parser.parse_args(argv)
-    for name, us in asyncio.run(run(args.streams, args.repeats)).items():
+    for name, us in run(args.streams, args.repeats).items():
         print(f"{name:40s} {us:6.2f} us per chunk")
     return 0
 

@@ -153,6 +153,37 @@ def test_rounds_judge_latency_on_the_median_round_and_checks_on_every_round(tiny
     assert "+5.00%" in bench.Rounds([exact, off]).targets()[1][2]
 
 
+def test_rounds_rotate_the_order_of_the_proxied_runs(tiny: TinyRun) -> None:
+    first, second = tiny.rounds
+    assert first.order == (bench.SIDECAR, bench.RELAY_ONLY, bench.BYTE_PIPE)  # no nginx: --reference none
+    assert second.order == (bench.RELAY_ONLY, bench.BYTE_PIPE, bench.SIDECAR)
+    for result in tiny.rounds:  # reported in one order, whichever they ran in
+        assert list(result.runs) == [bench.DIRECT, bench.SIDECAR, bench.RELAY_ONLY, bench.BYTE_PIPE, bench.DIRECT_AGAIN]
+    rows = bench.rounds_rows(bench.Rounds(tiny.rounds))
+    assert [row[1] for row in rows] == ["sidecar, not measuring, pipe", "not measuring, pipe, sidecar"]
+
+
+def test_targets_against_nginx_are_judged_on_the_median_of_the_rounds_comparisons(tiny: TinyRun) -> None:
+    """One round whose nginx run met a stall (its p99 far up) must not decide: the median of the rounds does."""
+
+    def round_of(cpu_ratio: float, p99_over_nginx_ms: float) -> bench.Result:
+        result = dataclasses.replace(tiny.result)
+        result.against_nginx = lambda: (cpu_ratio, p99_over_nginx_ms / 1000)  # type: ignore[method-assign]
+        return result
+
+    missed = bench.reference_targets([round_of(1.9, 0.7), round_of(2.5, -6.0), round_of(1.8, 0.9)])
+    assert [(name, ok) for name, ok, _ in missed] == [
+        ("sidecar CPU per chunk <= 2x nginx's", True),  # median 1.9x
+        ("sidecar added p99 latency <= nginx's + 0.5 ms", False),  # median +0.7 ms
+    ]
+    assert "median of 3 round(s): the sidecar's added p99 +0.700 ms over nginx's" in missed[1][2]
+    met = bench.reference_targets([round_of(2.1, 0.4), round_of(2.2, 3.0), round_of(1.9, 0.2), round_of(1.8, 0.5)])
+    assert [ok for _, ok, _ in met] == [True, True]  # medians of four: (1.9 + 2.1) / 2 x, (0.4 + 0.5) / 2 ms
+    over = bench.reference_targets([round_of(2.1, 0.4), round_of(2.3, 0.4)])
+    assert [ok for _, ok, _ in over] == [False, True]
+    assert bench.reference_targets([tiny.result]) == []  # without nginx: nothing to judge
+
+
 def test_sidecar_quantile_is_what_prometheus_3_answers_for_its_histogram() -> None:
     # Scale 0: bucket i holds (2**i, 2**(i+1)]. Two zeros, then 1 value in (1, 2], 3 in (2, 4], 4 in (8, 16].
     h = {"scale": 0, "zero_count": 2, "count": 10, "sum": 0.0, "offset": 0, "bucket_counts": [1, 3, 0, 4]}

@@ -511,6 +511,98 @@ def test_openai_payload_is_the_reference(obj: dict[str, Any], spaces: bool) -> N
         assert events == [expected] and parser.stats == ParserStats(events=1)
 
 
+# OpenAI's common chunk shape (parsers._OPENAI_COMMON), matched without decoding the JSON: built from its parts,
+# each part right or, now and then, slightly wrong, with strings that are tricky for JSON (escapes, surrogates,
+# control characters, bytes that are not UTF-8) and integers that JSON refuses.
+def _mostly(right: st.SearchStrategy[bytes], wrong: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    """``right`` 19 times in 20, so that whole payloads match the shape often (some 40% of them) and miss it
+    by one part otherwise."""
+    return st.integers(0, 19).flatmap(lambda n: wrong if n == 0 else right)
+
+
+_STRING_PIECES = _mostly(
+    st.sampled_from([b"a", b" ", b"\xc3\xa9", b"\xf0\x9f\x99\x82", b"\xff", b"\xe2", b"\\n", b'\\"', b"\\\\",
+                     b"\\/", b"\\u00e9", b"\\ud800", b"\\uD83D\\ude42", b"\x7f"]),
+    st.sampled_from([b"\\u12", b"\\x41", b"\\", b'"', b"\x01", b"\x1f", b"\t"]),
+)  # fmt: skip
+_STRINGS = st.lists(_STRING_PIECES, max_size=3).map(lambda pieces: b'"' + b"".join(pieces) + b'"')
+_INTS = _mostly(st.sampled_from([b"0", b"17", b"1764600000", b"-1", b"-0"]),
+                st.sampled_from([b"01", b"1.5", b"1e3", b'"1"']))  # fmt: skip
+_DELTAS = _mostly(
+    st.one_of(
+        st.just(b"{}"),
+        st.just(b'{"role":"assistant"}'),
+        _STRINGS.map(lambda s: b'{"content":' + s + b"}"),
+        _STRINGS.map(lambda s: b'{"role":"assistant","content":' + s + b"}"),
+    ),
+    st.sampled_from([b'{"content":null}', b'{"role":"user","content":"x"}', b'{"content":"x","role":"assistant"}',
+                     b'{"reasoning_content":"x"}', b'{"content":"x",}']),
+)  # fmt: skip
+
+
+@st.composite
+def _common_shapes(draw: st.DrawFn) -> bytes:
+    def optional(piece: bytes) -> bytes:
+        return piece if draw(st.booleans()) else b""
+
+    fingerprint = optional(b',"system_fingerprint":' + draw(_mostly(_STRINGS | st.just(b"null"), _INTS)))
+    finish = draw(_mostly(st.sampled_from([b"null", b'"stop"', b'"length"']), st.just(b"1")))
+    stop = optional(b',"stop_reason":' + draw(_INTS | _STRINGS | st.just(b"null")))
+    choice = (
+        b'{"index":' + draw(_INTS) + b',"delta":' + draw(_DELTAS) + optional(b',"logprobs":null')
+        + b',"finish_reason":' + finish + stop + b"}"
+    )  # fmt: skip
+    choices = draw(
+        _mostly(st.just(b"[" + choice + b"]"), st.sampled_from([b"[" + choice + b"," + choice + b"]", b"[]"]))
+    )
+    obj = draw(_mostly(st.just(b'"chat.completion.chunk"'), st.sampled_from([b'"text_completion"', b'"error"'])))
+    return (
+        b'{"id":' + draw(_STRINGS) + b',"object":' + obj + b',"created":' + draw(_INTS)
+        + b',"model":' + draw(_STRINGS) + fingerprint + b',"choices":' + choices
+        + optional(b',"usage":null') + draw(_mostly(st.just(b"}"), st.sampled_from([b"} ", b"},", b""])))
+    )  # fmt: skip
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=_common_shapes())
+def test_common_openai_shape_is_what_json_gives(payload: bytes) -> None:
+    """A payload of the common shape gives the event and counts of the general path (json.loads, the decoder);
+    anything near it that does not match takes the general path itself."""
+    shortcut, general = make_parser("openai"), make_parser("openai")
+    general._common = None
+    for parser in (shortcut, general):
+        parser.feed(b": open\n\n")  # past the first line, so that the next chunk takes the whole-event shortcut
+    chunk = b"data: " + payload + b"\n\n"
+    assert shortcut.feed(chunk) == general.feed(chunk)
+    assert shortcut.stats == general.stats
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # vLLM 0.11 (the role chunk, a token, the last one)
+        b'{"id":"chatcmpl-9f2","object":"chat.completion.chunk","created":1764600000,"model":"Qwen/Qwen3-8B",'
+        b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}',
+        b'{"id":"chatcmpl-9f2","object":"chat.completion.chunk","created":1764600000,"model":"Qwen/Qwen3-8B",'
+        b'"choices":[{"index":0,"delta":{"content":" \\u4f60\\u597d"},"logprobs":null,"finish_reason":null}]}',
+        b'{"id":"chatcmpl-9f2","object":"chat.completion.chunk","created":1764600000,"model":"Qwen/Qwen3-8B",'
+        b'"choices":[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"stop","stop_reason":null}]}',
+        # OpenAI
+        b'{"id":"chatcmpl-B1","object":"chat.completion.chunk","created":1764600000,"model":"gpt-4o-mini-2024-07-18",'
+        b'"system_fingerprint":"fp_0ba0d124f1","choices":[{"index":0,"delta":{"content":"Hello"},"logprobs":null,'
+        b'"finish_reason":null}]}',
+        # the synthetic server of verify and the bench
+        b'{"id":"chatcmpl-synthetic-17","object":"chat.completion.chunk","created":1764600000,"model":"m",'
+        b'"choices":[{"index":0,"delta":{"content":" tok5"},"finish_reason":null}],"usage":null}',
+    ],
+)
+def test_servers_token_chunks_take_the_common_shape(payload: bytes) -> None:
+    """The shortcut is worth its place only if real servers' token chunks match it."""
+    assert parsers._OPENAI_COMMON.fullmatch(payload) is not None
+    expected = parsers.decode_payload("openai", json.loads(payload))
+    assert make_parser("openai").feed(b"data: " + payload + b"\n\n") == [expected]
+
+
 # -- request model, construction --------------------------------------------------------------------
 
 

@@ -1119,7 +1119,7 @@ def test_the_measure_path_benchmark_runs() -> None:
     """``python -m bench.measure_path`` drives the measuring as the protocols do: it must keep up with its API."""
     from bench import measure_path
 
-    figures = asyncio.run(measure_path.run(streams=3, repeats=1))
+    figures = measure_path.run(streams=3, repeats=1)
     assert len(figures) == 3 and all(0 < us < 10_000 for us in figures.values())
 
 

@@ -179,7 +179,7 @@ class Hop:
         exchange, measurer = self.exchange, self.sidecar.measurer
         if not exchange.classified and exchange.reader is None:
             measurer.classify(exchange, self.status)
-        measurer.measure_later(exchange, data, arrived)
+        measurer.measure(exchange, data, arrived)
 
     def response_end(self, reusable: bool) -> None:
         """The response is complete; ``reusable``: the upstream connection may serve another request."""

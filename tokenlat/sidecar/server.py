@@ -206,7 +206,6 @@ class Sidecar:
         while self.connections or self.refused:
             await asyncio.sleep(0)
         self.pool.close()
-        self.measurer.measure_now()
         if self._server is not None:
             await self._server.wait_closed()
 
