@@ -1330,15 +1330,19 @@ def shift_rows(result: Result) -> list[tuple[str, ...]]:
 
 
 def paired_rows(result: Result) -> list[tuple[str, ...]]:
+    """Per proxy, each chunk less the same chunk direct, and that split into the request path (per stream: it
+    shifts every chunk of the stream) and the response path (per chunk): where a proxy's added latency comes in."""
+    sections: list[tuple[str, list[float]]] = []
+    for name in (name for name in PROXIED_RUNS if name in result.runs):
+        short = SHORT_NAMES[name]
+        sections += [
+            (f"{name} - direct", result.added(name)),
+            (f"{short}: of which request path, per stream", result.added_request_path(name)),
+            (f"{short}: of which response path, per chunk", result.added_response_path(name)),
+        ]
+    sections.append(("direct again - direct (the rig's noise)", result.added(DIRECT_AGAIN)))
     rows = []
-    for label, values in (
-        ("through the sidecar - direct", result.added()),
-        ("of which request path, per stream", result.added_request_path()),
-        ("of which response path, per chunk", result.added_response_path()),
-        ("sidecar not measuring - direct", result.added(RELAY_ONLY)),
-        ("byte pipe - direct", result.added(BYTE_PIPE)),
-        ("direct again - direct (the rig's noise)", result.added(DIRECT_AGAIN)),
-    ):
+    for label, values in sections:
         mean = statistics.fmean(values) if values else math.nan
         rows.append(
             (
