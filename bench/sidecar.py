@@ -1112,9 +1112,10 @@ def run(
     """One round: every run of ``RUNS`` (without NGINX when ``reference`` is "none"), direct first and last, the
     proxied runs between them rotated left by ``rotation``.
 
-    Where a run comes in the round moves its figures: in three rounds of one order, the run right after direct
-    added about 0.7 ms more at p99 than in three rounds of another (1 December 2026; the cause is not known). So
-    rounds rotate the order, and over as many rounds as there are proxied runs each takes every place once.
+    Where a run comes in the round may move its figures (docs/benchmarks.md: two runs in different orders put the
+    sidecar's p99 over nginx's 1 ms apart, within the noise or not), and a fixed order would put any such effect on
+    the same run every time. So rounds rotate the order, and over as many rounds as there are proxied runs each
+    takes every place once.
     """
     if reference not in REFERENCES:
         raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
