@@ -577,6 +577,18 @@ def test_common_openai_shape_is_what_json_gives(payload: bytes) -> None:
     assert shortcut.stats == general.stats
 
 
+def test_long_payloads_take_the_general_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past _COMMON_MAX_BYTES the pattern is not tried: a long run of escapes costs it far more than json.loads."""
+    content = b"\\n" * parsers._COMMON_MAX_BYTES
+    payload = (
+        b'{"id":"a","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":'
+        b'{"content":"' + content + b'"},"finish_reason":null}]}'
+    )
+    assert parsers._OPENAI_COMMON.fullmatch(payload) is not None  # it would match
+    monkeypatch.setattr(StreamParser, "_common_event", lambda *args: pytest.fail("the pattern was tried"))
+    assert make_parser("openai").feed(b"data: " + payload + b"\n\n") == [StreamEvent(1, model="m")]
+
+
 @pytest.mark.parametrize(
     "payload",
     [
