@@ -29,7 +29,7 @@ from tokenlat.testing import CapturingExporter
 CONTENT_CHUNKS = 32
 GAP_S = 0.012
 PATH = "/v1/chat/completions"
-HEADERS = [(b"content-type", b"application/json")]
+HEADERS = {b"content-type": b"application/json"}  # by lowercase name, as the sidecar hands them over
 BODY = b'{"model":"synthetic-model","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 
 

@@ -1254,6 +1254,33 @@ def test_a_half_request_head_is_answered_408_and_closed(otel: Otel) -> None:
     run(body)
 
 
+def test_keep_alive_requests_arm_no_timer_each(otel: Otel, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Request boundaries set and clear a deadline; the connection's one timer re-arms itself only when it fires.
+    armed: list[float] = []
+    arm = ClientProtocol._arm
+
+    def counted(self: ClientProtocol, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        armed.append(when)
+        arm(self, loop, when)
+
+    monkeypatch.setattr(ClientProtocol, "_arm", counted)
+    requests = 20
+
+    async def body() -> None:
+        async with (
+            running_synthetic() as (upstream, _),
+            running_sidecar(upstream, otel, idle_timeout=60.0, head_timeout=60.0) as sidecar,
+            raw_session() as s,
+        ):
+            for _ in range(requests):
+                reply = await fetch(s, "POST", sidecar.url + CHAT, json=chat_body())
+                assert reply.status == 200 and reply.body.endswith(b"data: [DONE]\n\n")
+            assert sidecar.stats.streams == requests and sidecar.stats.connections == 1  # one kept-alive connection
+
+    run(body)
+    assert len(armed) == 1  # at the connection's start, for its idle deadline; never again within the minute
+
+
 def test_connections_beyond_the_maximum_get_503_with_retry_after(otel: Otel) -> None:
     async def body() -> None:
         async with running_sidecar("http://127.0.0.1:1", otel, max_connections=3) as sidecar:

@@ -25,9 +25,10 @@ if TYPE_CHECKING:
     from tokenlat.sidecar.protocol import ClientProtocol, UpstreamProtocol
     from tokenlat.sidecar.server import Sidecar
 
-# Request fields the proxy itself answers for: Host names the upstream, and the sidecar answers Expect:
-# 100-continue itself (the body then comes to it, and it streams the body on).
-_REQUEST_ONLY = (b"host", b"expect")
+# Request fields not relayed: the hop-by-hop and framing ones, and those the proxy itself answers for: Host names
+# the upstream, and the sidecar answers Expect: 100-continue itself (the body then comes to it, and it streams the
+# body on).
+_NOT_RELAYED = http1.dropping(b"host", b"expect")
 
 
 @dataclass
@@ -41,17 +42,18 @@ class Request:
     version: str
     keep_alive: bool
     arrival: float
+    fields: dict[bytes, bytes] = field(init=False)  # the first value of each field, by lowercase name
     chunked: bool = field(init=False)  # the body arrives chunked
 
     def __post_init__(self) -> None:
-        self.chunked = http1.header(self.headers, b"transfer-encoding") is not None
+        self.fields = http1.by_name(self.headers)
+        self.chunked = b"transfer-encoding" in self.fields
 
     def upstream_head(self, upstream: Upstream) -> bytes:
-        fields = http1.end_to_end(self.headers, _REQUEST_ONLY)
-        fields.insert(0, (b"Host", upstream.authority))
+        fields = [(b"Host", upstream.authority), *http1.end_to_end(self.headers, _NOT_RELAYED)]
         if self.chunked:
             fields.append((b"Transfer-Encoding", b"chunked"))
-        elif (length := http1.header(self.headers, b"content-length")) is not None:
+        elif (length := self.fields.get(b"content-length")) is not None:
             fields.append((b"Content-Length", length))
         return http1.request_head(self.method, upstream.prefix + self.target, fields)
 
@@ -63,7 +65,7 @@ class Hop:
         self.sidecar = sidecar
         self.client = client
         self.request = request
-        self.exchange = sidecar.measurer.exchange(request.path, request.headers, request.arrival)
+        self.exchange = sidecar.measurer.exchange(request.path, request.fields, request.arrival)
         self.upstream: UpstreamProtocol | None = None
         self.head_sent = False
         self.pending: list[bytes] = []  # framed body bytes not yet written to the upstream
@@ -80,7 +82,7 @@ class Hop:
     # -- the request, client to upstream
 
     def start(self) -> None:
-        expect = http1.header(self.request.headers, b"expect")
+        expect = self.request.fields.get(b"expect")
         if expect is not None and expect.lower() == b"100-continue" and not self.body_done:
             self.client.write(http1.CONTINUE)  # the body then comes here, and goes on from here
         self.started = True
@@ -138,21 +140,22 @@ class Hop:
 
     # -- the response, upstream to client
 
-    def response_head(self, status: int, reason: bytes, headers: http1.Headers) -> bool:
-        """Relay a response head; False when it was an interim (1xx) one, and the real response is still to come."""
+    def response_head(self, status: int, reason: bytes, headers: http1.Headers, named: dict[bytes, bytes]) -> bool:
+        """Relay a response head (``named``: its fields by lowercase name, ``http1.by_name``); False when it was an
+        interim (1xx) one, and the real response is still to come."""
         client, request, exchange = self.client, self.request, self.exchange
         if 100 <= status < 200:
             client.write(http1.response_head(status, reason, http1.end_to_end(headers)))
             return False
         self.status = status
-        exchange.content_type = http1.header_text(headers, b"content-type")
+        exchange.content_type = http1.text(named.get(b"content-type"))
         if status >= 400:
             self.sidecar.stats.upstream_errors += 1
             if exchange.would_be_stream():
                 exchange.error_status = str(status)
         fields = http1.end_to_end(headers)
-        length = http1.header(headers, b"content-length")
-        chunked = http1.header(headers, b"transfer-encoding") is not None
+        length = named.get(b"content-length")
+        chunked = b"transfer-encoding" in named
         if request.method == b"HEAD" or status in (204, 304):
             self.framing = None
             if length is not None:

@@ -9,7 +9,7 @@ hops cannot disagree about where a message ends).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -26,31 +26,44 @@ LAST_CHUNK = b"0\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def header(headers: Headers, name: bytes) -> bytes | None:
-    """The first value of the field ``name`` (lowercase), or None."""
+def by_name(headers: Headers) -> dict[bytes, bytes]:
+    """The first value of each field, by its lowercase name: one pass, for a message whose fields are looked up
+    several times (a request's)."""
+    fields: dict[bytes, bytes] = {}
     for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
+        fields.setdefault(key.lower(), value)
+    return fields
 
 
-def header_text(headers: Headers, name: bytes) -> str | None:
-    """``header`` as text: latin-1, which maps every byte, as field values are bytes on the wire."""
-    value = header(headers, name)
+def text(value: bytes | None) -> str | None:
+    """A field value as text (latin-1), or None."""
     return None if value is None else value.decode("latin-1")
 
 
-def end_to_end(headers: Headers, drop: Iterable[bytes] = ()) -> list[tuple[bytes, bytes]]:
-    """``headers`` without the hop-by-hop and framing fields (and ``drop``, lowercase); repeated fields kept."""
-    named = {
-        token.strip().lower() for key, value in headers if key.lower() == b"connection" for token in value.split(b",")
-    }
-    dropped = HOP_BY_HOP | named | frozenset(drop)
-    return [(k, v) for k, v in headers if (lower := k.lower()) not in dropped and not lower.startswith(b"proxy-")]
+def dropping(*names: bytes) -> frozenset[bytes]:
+    """The fields ``end_to_end`` drops: the hop-by-hop and framing ones, and ``names`` (lowercase)."""
+    return HOP_BY_HOP | frozenset(names)
+
+
+def end_to_end(headers: Headers, dropped: frozenset[bytes] = HOP_BY_HOP) -> list[tuple[bytes, bytes]]:
+    """``headers`` without the fields in ``dropped`` (lowercase; see ``dropping``), those a Connection header names
+    and Proxy-*; repeated fields kept. One pass, and a second only when a Connection header names fields."""
+    kept: list[tuple[bytes, bytes]] = []
+    named: set[bytes] = set()
+    for key, value in headers:
+        lower = key.lower()
+        if lower in dropped or lower.startswith(b"proxy-"):
+            if lower == b"connection":
+                named.update(token.strip().lower() for token in value.split(b","))
+            continue
+        kept.append((key, value))
+    if named:
+        kept = [(key, value) for key, value in kept if key.lower() not in named]
+    return kept
 
 
 def _fields(headers: Headers) -> bytes:
-    return b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+    return b"".join([b"%s: %s\r\n" % field for field in headers])
 
 
 def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:

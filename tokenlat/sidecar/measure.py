@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from opentelemetry.util.types import AttributeValue
@@ -84,14 +84,14 @@ def _json_or_none(body: bytes | None) -> Any:
 class Exchange:
     """One proxied request: what is known about it, and its measurement if it turns out to be a token stream."""
 
-    def __init__(self, measurer: Measurer, path: str, headers: http1.Headers, arrival: float) -> None:
+    def __init__(self, measurer: Measurer, path: str, fields: Mapping[bytes, bytes], arrival: float) -> None:
         self.measurer = measurer
         self.path = path
         self.arrival = arrival
         self.body: bytes | None = b""  # the request body, once it has arrived (set_body); None when too large
         settings = measurer.settings
-        self.user_id = http1.header_text(headers, settings.user_id_header) if settings.user_id_header else None
-        self.request_id = http1.header_text(headers, settings.request_id_header)
+        self.user_id = http1.text(fields.get(settings.user_id_header)) if settings.user_id_header else None
+        self.request_id = http1.text(fields.get(settings.request_id_header))
         self.content_type: str | None = None  # of the response, once it has arrived
         self.classified = False  # counted as a stream or a pass-through
         self.error_status: str | None = None
@@ -255,8 +255,10 @@ class Measurer:
         )
         self._warned: set[tuple[str, str]] = set()  # (path, content type) pairs warned about as unrecognised
 
-    def exchange(self, path: str, headers: http1.Headers, arrival: float) -> Exchange:
-        return Exchange(self, path, headers, arrival)
+    def exchange(self, path: str, fields: Mapping[bytes, bytes], arrival: float) -> Exchange:
+        """The measuring of a request to ``path`` that arrived at ``arrival``; ``fields``: its header fields, the
+        first value of each by lowercase name (``http1.by_name``)."""
+        return Exchange(self, path, fields, arrival)
 
     def measure(self, exchange: Exchange, chunk: bytes, arrived: float) -> None:
         """Measure ``chunk``, relayed already, which arrived at ``arrived``.
