@@ -82,10 +82,12 @@ def geometric_bounds(low: float, high: float, target: float, include: tuple[floa
             "narrow the range or loosen the target"
         )
     value = low / ratio  # one step below low, so that low itself is in a bucket with a lower bound
-    bounds = {float(f"{value:.{digits}g}")}
-    while value < high:
+    bound = float(f"{value:.{digits}g}")
+    bounds = {bound}
+    while bound < high:  # the rounded bound: rounding down could leave the last one just short of high
         value *= ratio
-        bounds.add(float(f"{value:.{digits}g}"))
+        bound = float(f"{value:.{digits}g}")
+        bounds.add(bound)
     for threshold in include:
         if not (math.isfinite(threshold) and threshold > 0):
             raise ValueError(f"threshold {threshold!r}: must be a positive number")
