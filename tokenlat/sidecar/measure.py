@@ -238,8 +238,8 @@ class Exchange:
 
 
 class Measurer:
-    """The measuring shared by every exchange of one sidecar: its settings, telemetry and counters, the decision
-    stream-or-not per response, and the queue of chunks relayed but not yet measured."""
+    """The measuring shared by every exchange of one sidecar: its settings, telemetry and counters, and the decision
+    stream-or-not per response."""
 
     def __init__(self, settings: Settings, metrics: TokenMetrics, stats: SidecarStats) -> None:
         self.settings = settings

@@ -14,8 +14,8 @@ answered 503 and closed; a deadline applies only while nothing is being answered
 between requests, or the head timeout from a request head's first byte until its last (when the head did not come
 whole in one read), and a response being relayed is never under either. Request boundaries only set or clear the
 deadline: one timer per connection checks it when it fires and re-arms itself for a deadline that moved, so that a
-keep-alive connection arms a timer about once per idle timeout, not per request. (Arming and cancelling two timers
-a request, on uvloop, was a tenth of the CPU between a request's read and its write upstream.)
+keep-alive connection arms a timer about once per idle timeout, not per request. (Two timers armed and cancelled a
+request were part of what stood between a request's read and its write upstream: docs/sidecar.md, Cost.)
 """
 
 from __future__ import annotations
