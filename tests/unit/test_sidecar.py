@@ -59,11 +59,12 @@ from tokenlat.sidecar import (
     http1,
     loops,
     operation_name,
+    protocol,
     validate_upstream,
 )
 from tokenlat.sidecar.measure import Exchange
 from tokenlat.sidecar.models import MAX_MODEL_CHARS, OTHER_MODELS
-from tokenlat.sidecar.protocol import RETRY_AFTER_S, ClientProtocol
+from tokenlat.sidecar.protocol import RETRY_AFTER_S, ClientProtocol, decoded_path
 from tokenlat.sidecar.settings import MAX_CONNECTIONS, default_max_connections
 from tokenlat_cli.main import cli
 from tokenlat_cli.verify import synthetic
@@ -1252,6 +1253,23 @@ def test_a_half_request_head_is_answered_408_and_closed(otel: Otel) -> None:
             assert sidecar.stats.head_timeouts == 1
 
     run(body)
+
+
+def test_decoded_paths_are_cached_per_path_within_bounds() -> None:
+    cache = protocol._decode_cached_path
+    cache.cache_clear()
+    # Queries vary per request and do not count; the path is decoded for the sidecar's decisions.
+    assert {decoded_path(b"/v1/a%20b?n=" + str(n).encode()) for n in range(50)} == {"/v1/a b"}
+    assert decoded_path(b"http://model:8000/v1/chat/completions?x") == "/v1/chat/completions"
+    assert cache.cache_info().currsize == 2
+    # A path longer than the bound is decoded each time, never kept.
+    long = b"/" + b"p" * protocol.DECODED_PATH_CACHED_BYTES
+    assert decoded_path(long + b"?q") == long.decode()
+    assert cache.cache_info().currsize == 2
+    # However many distinct paths clients send, the cache holds at most its bound.
+    for n in range(protocol.DECODED_PATHS_CACHED + 50):
+        assert decoded_path(b"/p%d" % n) == f"/p{n}"
+    assert cache.cache_info().currsize == protocol.DECODED_PATHS_CACHED
 
 
 def test_keep_alive_requests_arm_no_timer_each(otel: Otel, monkeypatch: pytest.MonkeyPatch) -> None:

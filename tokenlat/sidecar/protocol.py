@@ -48,20 +48,32 @@ def no_delay(transport: asyncio.Transport) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-#: Request targets whose decoded paths are kept (clients send few distinct ones; bounded, as targets are theirs).
+#: Decoded request paths kept, and the longest path (the target before its query) kept: clients send few distinct
+#: paths, and the bounds hold the cache to 256 KiB, as paths are the clients' to choose.
 DECODED_PATHS_CACHED = 256
+DECODED_PATH_CACHED_BYTES = 1024
 
 
-@functools.lru_cache(maxsize=DECODED_PATHS_CACHED)
 def decoded_path(target: bytes) -> str:
     """The percent-decoded path of a request target, for the sidecar's own decisions (the target is relayed as is).
 
-    Cached: building it (yarl) cost as much as the rest of a request head's handling, for the same few targets."""
+    Cached by the part before the query (the path never holds a "?"; queries vary per request): building it (yarl)
+    cost as much as the rest of a request head's handling, for the same few paths."""
+    path = target.partition(b"?")[0]
+    if len(path) > DECODED_PATH_CACHED_BYTES:
+        return _decode_path(path)
+    return _decode_cached_path(path)
+
+
+def _decode_path(path: bytes) -> str:
     try:
-        path = httptools.parse_url(target).path or b"/"
+        parsed = httptools.parse_url(path).path or b"/"
     except httptools.HttpParserInvalidURLError:
-        path = target.split(b"?", 1)[0]
-    return URL.build(path=path.decode("latin-1"), encoded=True).path
+        parsed = path
+    return URL.build(path=parsed.decode("latin-1"), encoded=True).path
+
+
+_decode_cached_path = functools.lru_cache(maxsize=DECODED_PATHS_CACHED)(_decode_path)
 
 
 class HeadReader:
