@@ -4,7 +4,7 @@
 
 What ``bench.sidecar`` measures on a whole process (with sockets, the event loop and three processes on the
 cores, which make one run's figure move by 20% or more), this measures on the measuring alone, so that two
-versions of the code can be compared back to back: every chunk goes through ``Measurer.measure`` (as
+versions of the code can be compared back to back: every chunk goes through ``Exchange.feed`` (as
 ``Hop.response_body`` hands it over after relaying it); each stream is an ``Exchange`` from its first chunk to
 ``finish`` (recorder created, metrics recorded).
 The stream is what the bench's synthetic server sends: a role chunk, content chunks, the finish chunk, the usage
@@ -70,7 +70,7 @@ def _measure_streams(measurer: Measurer, chunks: Sequence[bytes], streams: int) 
         measurer.classify(exchange, 200)
         for chunk in chunks:
             at += GAP_S
-            measurer.measure(exchange, chunk, at)
+            exchange.feed(chunk, at)
         exchange.finish(None)
     return streams * len(chunks)
 

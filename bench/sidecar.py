@@ -847,6 +847,20 @@ class Result:
         r = self.runs[run]
         return sorted(x for i in sorted(r.responses.keys() & r.emitted.keys()) for x in r.path_latency(i))
 
+    def tail(self, run: str, q: float = 0.99) -> tuple[int, list[int], list[float]]:
+        """The chunks of ``run`` at or above its q-quantile of path latency: (how many, the request indexes of
+        their streams, each such chunk's request path as a share of its latency).
+
+        A stream's request path shifts every chunk of it, so a few streams whose requests waited (requests that
+        arrived together) can fill the top 1% on their own: this says whether the p99 is decided by chunks or by
+        streams.
+        """
+        r = self.runs[run]
+        chunks = [(x, i) for i in sorted(r.responses.keys() & r.emitted.keys()) for x in r.path_latency(i)]
+        cut = true_quantile(sorted(x for x, _ in chunks), q)
+        top = [(x, i) for x, i in chunks if x >= cut]
+        return len(top), sorted({i for _, i in top}), sorted(r.request_path(i) / x for x, i in top if x > 0)
+
     def shift(self, run: str, q: float, reference: str = DIRECT) -> float:
         """How far ``run`` moved the q-quantile of the chunks' path latency from ``reference``'s, seconds.
 
@@ -1245,6 +1259,14 @@ REFERENCE_HEADERS = (
 )
 SHIFT_HEADERS = ("latency per chunk", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms")
 PAIRED_HEADERS = ("paired per chunk", "samples", "p50 ms", "p99 ms", "mean ms", "max ms")
+TAIL_HEADERS = (
+    "chunks at or above their run's p99",
+    "chunks",
+    "streams",
+    "their streams' request path p50 ms",
+    "every stream's request path p50 ms",
+    "request path's share of their latency p50",
+)
 CLIENT_HEADERS = ("client observed", *(f"{m} p{q * 100:g} ms" for m in ("TTFT", "ITL") for q in QUANTILES))
 ACCURACY_HEADERS = ("metric", "quantile", "sidecar ms", "client ms (through the sidecar)", "relative error")
 
@@ -1358,6 +1380,18 @@ def paired_rows(result: Result) -> list[tuple[str, ...]]:
     return rows
 
 
+def tail_rows(result: Result) -> list[tuple[str, ...]]:
+    """Per run: which streams its p99 chunks belong to, and how much of their latency their request path is."""
+    rows = []
+    for name, run in result.runs.items():
+        count, streams, shares = result.tail(name)
+        every = sorted(run.request_path(i) for i in run.responses.keys() & run.emitted.keys())
+        theirs = sorted(run.request_path(i) for i in streams)
+        share = true_quantile(shares, 0.5)
+        rows.append((name, f"{count:,}", f"{len(streams):,}", _p(theirs, 0.5), _p(every, 0.5), f"{share:.0%}"))
+    return rows
+
+
 def client_rows(result: Result) -> list[tuple[str, ...]]:
     rows = []
     for name in result.runs:
@@ -1466,6 +1500,8 @@ def report(rounds: Rounds) -> str:
         "",
         text_table(PAIRED_HEADERS, paired_rows(median)),
         "",
+        text_table(TAIL_HEADERS, tail_rows(median)),
+        "",
         text_table(CPU_HEADERS, cpu_rows(median)),
         "",
         *([text_table(REFERENCE_HEADERS, reference_rows(median)), ""] if reference_rows(median) else []),
@@ -1496,6 +1532,8 @@ def markdown_figures(rounds: Rounds, command: str) -> str:
         *markdown_table(SHIFT_HEADERS, shift_rows(median)),
         "",
         *markdown_table(PAIRED_HEADERS, paired_rows(median)),
+        "",
+        *markdown_table(TAIL_HEADERS, tail_rows(median)),
         "",
         *markdown_table(CPU_HEADERS, cpu_rows(median)),
         "",

@@ -190,16 +190,18 @@ class StreamParser:
             chunk.endswith(b"\n\n")
             and chunk.startswith(b"data: ")
             and self._sse
-            and not (self._buf or self._data or self._event_name or self._skip_lf or self._first_line)
+            and not (self._buf or self._data or self._event_name or self._skip_lf)
             and not (self._discarding or self._poisoned)
             and len(chunk) - 2 <= self._max
         ):
             # The sidecar's common case: one whole event, "data: PAYLOAD" and a blank line, in one chunk, with
             # nothing carried over. What the general path below makes of it, without splitting it into lines
             # (a sixth of what parsing a token chunk costs), when PAYLOAD holds no line end: 10 and 13 are \n and
-            # \r ("in" with an int is one memchr, a tenth of the time of "in" with a bytes).
+            # \r ("in" with an int is one memchr, a tenth of the time of "in" with a bytes). A stream's first
+            # chunk takes it too: one that opens with "data: " opens with no byte-order mark.
             payload = chunk[6:-2]
             if 10 not in payload and 13 not in payload:
+                self._first_line = False
                 self._payload(payload, b"", out)
                 return out
         # splitlines splits bytes on \n, \r\n and \r only, in C, in one pass: no re-scanning of earlier data.

@@ -570,11 +570,19 @@ def test_common_openai_shape_is_what_json_gives(payload: bytes) -> None:
     anything near it that does not match takes the general path itself."""
     shortcut, general = make_parser("openai"), make_parser("openai")
     general._common = None
-    for parser in (shortcut, general):
-        parser.feed(b": open\n\n")  # past the first line, so that the next chunk takes the whole-event shortcut
     chunk = b"data: " + payload + b"\n\n"
     assert shortcut.feed(chunk) == general.feed(chunk)
     assert shortcut.stats == general.stats
+
+
+def test_a_streams_first_whole_event_takes_the_shortcut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first chunk that opens with "data: " cannot open with a byte-order mark: it is not split into lines."""
+    payload = b'{"id":"a","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":'
+    chunk = b"data: " + payload + b'{"content":"x"},"finish_reason":null}]}\n\n'
+    monkeypatch.setattr(StreamParser, "_line", lambda *args: pytest.fail("the first chunk was split into lines"))
+    parser = make_parser("openai")
+    assert parser.feed(chunk) == [StreamEvent(1, model="m")]
+    assert parser.feed(chunk) == [StreamEvent(1, model="m")]
 
 
 def test_long_payloads_take_the_general_path(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -179,10 +179,12 @@ class Hop:
         if not data or self.finished:
             return
         self.client.write(http1.chunk(data) if self.framing == "chunked" else data)
-        exchange, measurer = self.exchange, self.sidecar.measurer
-        if not exchange.classified and exchange.reader is None:
-            measurer.classify(exchange, self.status)
-        measurer.measure(exchange, data, arrived)
+        exchange = self.exchange
+        if exchange.reader is None:
+            if exchange.classified:
+                return  # relayed, not measured: not a token stream, or measuring is off
+            self.sidecar.measurer.classify(exchange, self.status)  # the first chunk: is it a token stream?
+        exchange.feed(data, arrived)
 
     def response_end(self, reusable: bool) -> None:
         """The response is complete; ``reusable``: the upstream connection may serve another request."""

@@ -2,7 +2,7 @@
 
 It is kept apart from the relaying on purpose: the protocols relay a chunk first (the event loop's write sends it
 at once when the socket takes it, as it nearly always does) and hand it here afterwards, with the time it arrived
-(``Measurer.measure``), so that no client waits for its own chunk's parse. Everything a measurement needs
+(``Exchange.feed``), so that no client waits for its own chunk's parse. Everything a measurement needs
 (detection, the format's parser, the recorder, the counters) is reached from here; the protocols only say "a
 request arrived", "a chunk arrived at t", "it ended, this way".
 
@@ -142,7 +142,14 @@ class Exchange:
     # -- measuring a stream
 
     def feed(self, chunk: bytes, arrived: float) -> None:
-        """Measure a chunk that arrived at ``arrived`` (by the metrics' clock)."""
+        """Measure ``chunk``, relayed already, which arrived at ``arrived`` (by the metrics' clock); nothing when
+        the response is not measured (no reader).
+
+        At once, not queued for a later turn of the event loop: in `make bench` (100 streams) a turn read 1.9 to
+        2.2 chunks on average, so a queue spared the second chunk of a turn one parse (some 10 us) and cost a
+        timer a turn, which took about as much CPU as the parsing itself and put the measuring's latency at p50
+        at +0.3 to +0.6 ms (docs/sidecar.md).
+        """
         reader = self.reader
         if reader is None:
             return
@@ -259,17 +266,6 @@ class Measurer:
         """The measuring of a request to ``path`` that arrived at ``arrival``; ``fields``: its header fields, the
         first value of each by lowercase name (``http1.by_name``)."""
         return Exchange(self, path, fields, arrival)
-
-    def measure(self, exchange: Exchange, chunk: bytes, arrived: float) -> None:
-        """Measure ``chunk``, relayed already, which arrived at ``arrived``.
-
-        At once, not queued for a later turn of the event loop: in `make bench` (100 streams) a turn read 1.9 to
-        2.2 chunks on average, so a queue spared the second chunk of a turn one parse (some 10 us) and cost a
-        timer a turn, which took about as much CPU as the parsing itself and put the measuring's latency at p50
-        at +0.3 to +0.6 ms (docs/sidecar.md).
-        """
-        if exchange.reader is not None:
-            exchange.feed(chunk, arrived)
 
     def classify(self, exchange: Exchange, status: int) -> None:
         """At the response's first chunk: a 2xx response gets a reader, which tells whether it is a token stream
