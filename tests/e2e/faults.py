@@ -47,7 +47,7 @@ from tokenlat_cli.verify.certs import make_certificates
 from tokenlat_cli.verify.polling import poll, wait_until
 from tokenlat_cli.verify.processes import ManagedProcess, ProcessGroup, free_port
 from tokenlat_cli.verify.promql import Queries
-from tokenlat_cli.verify.runner import LocalDeployment, _telemetry, local_deployment, queries_for
+from tokenlat_cli.verify.runner import LocalDeployment, local_deployment, queries_for, service_telemetry
 from tokenlat_cli.verify.services import Collector, CollectorEndpoints, start_collector
 
 #: Proxy modes. refuse: the listener is closed and open connections are cut (what a stopped backend looks like);
@@ -528,7 +528,7 @@ def main() -> None:
     control = _Control()
     control.install()
     deployment = LocalDeployment(load_profile(args.profile), args.endpoint, None, False)
-    telemetry = _telemetry(deployment, EXPORT_INTERVAL, args.histogram)
+    telemetry = service_telemetry(deployment, EXPORT_INTERVAL, args.histogram)
     counts: Counter[str] = Counter(requests=0, input_tokens=0, output_tokens=0)
     state = ""
     next_at = time.monotonic()

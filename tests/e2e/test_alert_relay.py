@@ -35,7 +35,7 @@ from tokenlat_cli.verify.certs import make_certificates
 from tokenlat_cli.verify.load import run_load
 from tokenlat_cli.verify.polling import WaitTimeout, wait_until
 from tokenlat_cli.verify.processes import ProcessGroup, ServiceError, free_port, http_ok
-from tokenlat_cli.verify.runner import VerifySettings, _telemetry, histogram_kind, local_deployment
+from tokenlat_cli.verify.runner import VerifySettings, histogram_kind, local_deployment, service_telemetry
 from tokenlat_cli.verify.services import (
     START_TIMEOUT,
     CollectorEndpoints,
@@ -173,7 +173,7 @@ def test_a_slow_ttft_reaches_the_chat_robots_and_so_does_its_recovery(
         (tmp_path / "fast").mkdir()
         slow = start_synthetic(group, tmp_path / "slow", SLOW)
         fast = start_synthetic(group, tmp_path / "fast", FAST)
-        telemetry = _telemetry(deployment, 1.0, histogram_kind(relay_profile, VerifySettings()))
+        telemetry = service_telemetry(deployment, 1.0, histogram_kind(relay_profile, VerifySettings()))
         try:
 
             def said(status: str) -> Callable[[], bool]:

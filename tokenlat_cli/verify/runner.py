@@ -202,10 +202,6 @@ def service_telemetry(
     )
 
 
-#: The name the end-to-end tests import.
-_telemetry = service_telemetry
-
-
 def _exporter_failures(telemetry_url: str) -> float:
     """Data points the Collector's exporters failed to send, from its own metrics."""
     text = requests.get(telemetry_url, timeout=5).text
@@ -294,7 +290,7 @@ class LoadedPipeline:
         """Another instrumented service, set up as the load's, sending to this pipeline's Collector: for data the
         load does not make (failed requests). Its own ``service_name`` (the series' job label) keeps its series
         apart from the load's, whose cumulative counts it would otherwise reset. Shut it down to flush."""
-        return _telemetry(self.deployment, interval, self.histogram, service_name=service_name)
+        return service_telemetry(self.deployment, interval, self.histogram, service_name=service_name)
 
 
 @contextlib.contextmanager
@@ -401,7 +397,7 @@ def _wrong_credential_check(
     salt_env = profile.data["deidentification"]["salt_env"]
     config = render_collector_config(deployment.profile)
     collector = start_collector(group, subdir, config, endpoints, env={salt_env: "x", **env})
-    telemetry = _telemetry(deployment, 0.5, histogram)
+    telemetry = service_telemetry(deployment, 0.5, histogram)
     try:
         for _ in range(WRONG_CREDENTIAL_REQUESTS):
             with telemetry.metrics.request({semconv.GEN_AI_OPERATION_NAME: "chat"}) as rec:
@@ -481,7 +477,9 @@ def _run_traffic(
         "through the tokenlat instrumentation"
     )
     spans = TraceIds()
-    telemetry = _telemetry(deployment, settings.export_interval, histogram_kind(deployment.profile, settings), spans)
+    telemetry = service_telemetry(
+        deployment, settings.export_interval, histogram_kind(deployment.profile, settings), spans
+    )
     try:
         load = drive_load(model_url, settings, telemetry.metrics, echo)
     finally:
