@@ -1439,6 +1439,11 @@ def notes(result: Result) -> list[str]:
         " client read). 'Added': a quantile through a proxy less the same quantile direct. 'Paired': each chunk"
         " (request index, position) less the same chunk direct, which adds the jitter of single chunks in two runs"
         " (see the rig's noise row); quantiles of the parts do not add up.",
+        "Chunks at or above their run's p99: the top 1% of a run's chunks, how many streams they come from, and"
+        " those streams' request path (client sent -> server started the response) against every stream's. A"
+        " stream's request path shifts all of its chunks, so when few streams hold the top 1% and their request"
+        " path is most of their latency, the p99 is decided by requests that waited, not by the relaying of"
+        " chunks.",
         "Compared at the client only (arrival offsets, the synthetic server's timer lateness left in), the sidecar"
         f" would seem to add p50 {_p(raw, 0.5)} / p99 {_p(raw, 0.99)} ms, against a noise of p50 {_p(raw_noise, 0.5)}"
         f" / p99 {_p(raw_noise, 0.99)} ms.",

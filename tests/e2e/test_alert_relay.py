@@ -39,8 +39,8 @@ from tokenlat_cli.verify.runner import VerifySettings, histogram_kind, local_dep
 from tokenlat_cli.verify.services import (
     START_TIMEOUT,
     CollectorEndpoints,
-    _start_listening,
     start_collector,
+    start_listening,
     start_synthetic,
 )
 from tokenlat_cli.verify.synthetic import DEFAULT_MODEL
@@ -130,7 +130,7 @@ def test_a_slow_ttft_reaches_the_chat_robots_and_so_does_its_recovery(
                 env[secret_var] = robots[robot].secret
         argv = [sys.executable, "-m", "tokenlat_cli", "alert-relay", "--profile", str(profile_path),
                 "--listen", f"127.0.0.1:{relay_port}", "--drain-timeout", "10"]  # fmt: skip
-        relay = _start_listening(
+        relay = start_listening(
             group, "alert relay", argv, tmp_path / "relay.log", listening.prefix(LISTENING_NAME), env
         )
 

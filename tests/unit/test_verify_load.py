@@ -43,7 +43,7 @@ def test_verify_streams_reasoning_and_a_tool_call() -> None:
 
 def test_verify_starts_its_model_server_with_that_shape(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     started: list[list[str]] = []
-    monkeypatch.setattr(services, "_start_listening", lambda group, name, argv, *rest, **kw: started.append(argv))
+    monkeypatch.setattr(services, "start_listening", lambda group, name, argv, *rest, **kw: started.append(argv))
     services.start_synthetic(None, tmp_path, ["--seed=5"])  # type: ignore[arg-type]
     (argv,) = started
     assert argv[argv.index("--seed=5") - len(SYNTHETIC_SERVER_ARGS) :] == [*SYNTHETIC_SERVER_ARGS, "--seed=5"]

@@ -59,9 +59,11 @@ class ListeningService:
     url: str
 
 
-def _start_listening(
+def start_listening(
     group: ProcessGroup, name: str, argv: list[str], log_path: Path, prefix: str, env: dict[str, str] | None = None
 ) -> ListeningService:
+    """Start ``argv`` as ``name``, logging to ``log_path``; ready once its log announces its URL after ``prefix``
+    (``tokenlat.listening``), within START_TIMEOUT."""
     process = group.start(name, argv, log_path, env=env)
     found: list[str] = []
 
@@ -85,7 +87,7 @@ def start_synthetic(group: ProcessGroup, workdir: Path, args: list[str]) -> List
         sys.executable, "-m", "tokenlat_cli.verify.synthetic", "--host", "127.0.0.1", "--port", "0",
         *SYNTHETIC_SERVER_ARGS, *args,
     ]  # fmt: skip
-    return _start_listening(group, "synthetic model server", argv, workdir / "synthetic.log", LISTENING_PREFIX)
+    return start_listening(group, "synthetic model server", argv, workdir / "synthetic.log", LISTENING_PREFIX)
 
 
 def start_sidecar(
@@ -94,4 +96,4 @@ def start_sidecar(
     """`tokenlat sidecar` in front of the model server, as an operator runs it; ``env`` carries its telemetry setup,
     ``args`` more options (the soak shortens its timeouts so that its limits run within minutes)."""
     argv = [sys.executable, "-m", "tokenlat_cli", "sidecar", "--upstream", upstream, "--listen", "127.0.0.1:0", *args]
-    return _start_listening(group, "tokenlat sidecar", argv, workdir / "sidecar.log", SIDECAR_LISTENING_PREFIX, env)
+    return start_listening(group, "tokenlat sidecar", argv, workdir / "sidecar.log", SIDECAR_LISTENING_PREFIX, env)
