@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 
-from tokenlat.parsers import ParserStats, StreamEvent, StreamParser, make_parser
+from tokenlat.parsers import MAX_LINE_BYTES, ParserStats, StreamEvent, StreamParser, make_parser
 
 __all__ = ["DETECT_BYTES", "FormatDetector", "ResponseReader", "TimedEvent", "detect_format"]
 
@@ -258,7 +258,7 @@ class ResponseReader:
         parse_as: str | None = None,
         parse: bool = True,
         detect_bytes: int = DETECT_BYTES,
-        max_line_bytes: int = 1 << 20,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         self._max_line = max_line_bytes
         self._parse = parse

@@ -90,6 +90,9 @@ from typing import Any
 FORMATS: tuple[str, ...] = ("openai", "anthropic", "tgi", "triton", "ollama", "generic")
 
 _ERROR_CHARS = 200
+# A stream line (an SSE event's data) longer than this is dropped and counted, never buffered whole: a default
+# far above any token chunk (a few hundred bytes) and any final usage or tool-call event.
+MAX_LINE_BYTES = 1 << 20
 # The C scanner behind json.loads (``JSONDecoder.scan_once``, with json.loads' default settings): see _payload.
 _scan_json = json.JSONDecoder().scan_once
 
@@ -158,7 +161,7 @@ class StreamParser:
         "_event_name", "_first_line", "_max", "_poisoned", "_skip_lf", "_sse", "format", "stats",
     )  # fmt: skip
 
-    def __init__(self, fmt: str, *, max_line_bytes: int = 1 << 20) -> None:
+    def __init__(self, fmt: str, *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         if fmt not in _DECODERS:
             raise ValueError(f"unknown stream format {fmt!r}: expected one of {', '.join(FORMATS)}")
         self.format = fmt
@@ -383,7 +386,7 @@ class StreamParser:
         return self._common_events[content is not None and content != b'""']
 
 
-def make_parser(fmt: str, *, max_line_bytes: int = 1 << 20) -> StreamParser:
+def make_parser(fmt: str, *, max_line_bytes: int = MAX_LINE_BYTES) -> StreamParser:
     """A parser for one response in ``fmt`` (one of FORMATS); ValueError names the formats for any other."""
     return StreamParser(fmt, max_line_bytes=max_line_bytes)
 
@@ -675,6 +678,9 @@ def request_model(body: bytes) -> str | None:
         obj = json.loads(body)
     except (ValueError, TypeError, RecursionError):
         return None
-    if isinstance(obj, dict):
-        return _text(obj.get("model"))
-    return None
+    return body_model(obj)
+
+
+def body_model(obj: object) -> str | None:
+    """The "model" of a request body already decoded from JSON; None when it names none."""
+    return _text(obj.get("model")) if isinstance(obj, dict) else None

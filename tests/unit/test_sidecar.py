@@ -1510,6 +1510,8 @@ def test_cli_proxies_and_flushes_telemetry_on_sigterm() -> None:
         (["--upstream", "http://127.0.0.1:1", "--head-timeout", "-1"], "--head-timeout"),
         (["--upstream", "http://127.0.0.1:1", "--max-connections", "0"], "--max-connections"),
         (["--upstream", "http://127.0.0.1:1", "--max-idle-upstream", "-1"], "--max-idle-upstream"),
+        (["--upstream", "http://127.0.0.1:1", "--max-json-body", "-1"], "--max-json-body"),
+        (["--upstream", "http://127.0.0.1:1", "--max-line-bytes", "0"], "--max-line-bytes"),
         (["--listen", "127.0.0.1:0"], "--upstream"),
     ],
 )
@@ -1583,6 +1585,42 @@ def test_model_names_beyond_the_cap_are_recorded_as_other(otel: Otel, caplog: py
 def test_an_allowlist_of_model_names_admits_only_those(otel: Otel) -> None:
     metrics = stream_models(otel, ["qwen", "llama", "qwen", "mistral"], models=["qwen", "mistral"], max_models=0)
     assert recorded_models(metrics) == {("qwen", "qwen"): 2, ("mistral", "mistral"): 1, (OTHER_VALUE, OTHER_VALUE): 1}
+
+
+@pytest.mark.parametrize("max_json_body", [None, 0])
+def test_a_body_beyond_max_json_body_is_relayed_whole_without_its_model_read(
+    otel: Otel, max_json_body: int | None
+) -> None:
+    """The bound on the request body kept to read its model (a body is parsed on the event loop, so its size is a
+    wait for every stream): beyond it the request still reaches the upstream whole (the synthetic server answers
+    with the model the body names), and is recorded without gen_ai.request.model, and counted."""
+    small = chat_body("m-small")
+    large = chat_body("m-large", user="x" * 600)
+    limit = len(json.dumps(small)) + 10 if max_json_body is None else max_json_body
+    assert len(json.dumps(large)) > limit
+
+    async def body() -> SidecarStats:
+        async with (
+            running_synthetic() as (upstream, _),
+            running_sidecar(upstream, otel, max_json_body=limit) as sidecar,
+            aiohttp.ClientSession() as session,
+        ):
+            for request in (small, large):
+                assert (await fetch(session, "POST", sidecar.url + CHAT, json=request)).status == 200
+            return sidecar.stats
+
+    stats = run(body)
+    expected_small = ("m-small" if limit else None, "m-small")
+    assert recorded_models(otel.collect()) == {expected_small: 1, (None, "m-large"): 1}
+    assert stats.oversized_bodies == (1 if limit else 2)
+    assert stats.streams == 2
+
+
+def test_body_and_line_limits_are_checked(otel: Otel) -> None:
+    with pytest.raises(ValueError, match="max_json_body must be at least 0, got -1"):
+        Sidecar("http://127.0.0.1:1", otel.telemetry.metrics, max_json_body=-1)
+    with pytest.raises(ValueError, match="max_line_bytes must be at least 1, got 0"):
+        Sidecar("http://127.0.0.1:1", otel.telemetry.metrics, max_line_bytes=0)
 
 
 def test_model_name_settings_are_checked(otel: Otel) -> None:

@@ -116,6 +116,7 @@ class Hop:
         if self.exchange.body is not None:
             self.prefix += data
             if len(self.prefix) > limit:
+                self.sidecar.stats.oversized_bodies += 1
                 self.exchange.set_body(None)
                 self.prefix = bytearray()
         self._send(http1.chunk(data) if self.request.chunked else data)

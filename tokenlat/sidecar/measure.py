@@ -23,7 +23,7 @@ from opentelemetry.util.types import AttributeValue
 
 from tokenlat import semconv
 from tokenlat.detect import ResponseReader, TimedEvent, detect_format, media_type
-from tokenlat.parsers import FORMATS, StreamEvent, request_model
+from tokenlat.parsers import FORMATS, StreamEvent, body_model
 from tokenlat.recorder import RequestRecorder, TokenMetrics
 from tokenlat.sidecar import http1
 from tokenlat.sidecar.models import OTHER_MODELS, ModelNames
@@ -126,7 +126,7 @@ class Exchange:
         if provider:
             attributes[semconv.GEN_AI_PROVIDER_NAME] = provider
         models = self.measurer.models
-        model = request_model(self.body) if self.body else None
+        model = body_model(self.parsed_body())  # one parse of the body, whoever asks for it first
         if model:
             attributes[semconv.GEN_AI_REQUEST_MODEL] = models.admit(model)
         if self.response_model:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from tokenlat import listening
 from tokenlat.detect import DETECT_BYTES
-from tokenlat.parsers import FORMATS
+from tokenlat.parsers import FORMATS, MAX_LINE_BYTES
 from tokenlat.recorder import TokenMetrics
 from tokenlat.sidecar import control
 from tokenlat.sidecar.measure import Measurer
@@ -25,6 +25,7 @@ from tokenlat.sidecar.settings import (
     IDLE_TIMEOUT_S,
     MAX_HEAD_BYTES,
     MAX_IDLE_UPSTREAM,
+    MAX_JSON_BODY,
     Settings,
     Upstream,
     default_max_connections,
@@ -54,7 +55,8 @@ class Sidecar:
     ``request_id_header``: the request header with the request id (a span attribute). ``provider``:
     gen_ai.provider.name (default: the format's name). ``max_json_body``: request bodies up to this size are kept
     to read their JSON ``model`` (every body streams to the upstream as it arrives); larger ones leave their
-    requests without gen_ai.request.model. ``max_line_bytes``: a longer stream line is not parsed (it is still
+    requests without gen_ai.request.model, counted in ``stats.oversized_bodies`` (0 reads no body).
+    ``max_line_bytes``: a longer stream line is not parsed (it is still
     relayed) and is counted. ``detect_bytes``: how many of a response's first bytes format detection may wait for
     (and hold) before it judges the response on them; the bytes themselves are relayed at once.
     ``measure=False`` relays and counts, and records nothing: the benchmark's control, what relaying alone costs.
@@ -82,8 +84,8 @@ class Sidecar:
         user_id_header: str | None = "x-user-id",
         request_id_header: str = "x-request-id",
         provider: str | None = None,
-        max_json_body: int = 1 << 20,
-        max_line_bytes: int = 1 << 20,
+        max_json_body: int = MAX_JSON_BODY,
+        max_line_bytes: int = MAX_LINE_BYTES,
         detect_bytes: int = DETECT_BYTES,
         measure: bool = True,
         idle_timeout: float = IDLE_TIMEOUT_S,
@@ -99,6 +101,10 @@ class Sidecar:
             raise ValueError(f"unknown format {fmt!r}: must be auto or one of {', '.join(FORMATS)}")
         if detect_bytes < 1:
             raise ValueError(f"detect_bytes must be at least 1, got {detect_bytes}")
+        if max_json_body < 0:
+            raise ValueError(f"max_json_body must be at least 0, got {max_json_body}")
+        if max_line_bytes < 1:
+            raise ValueError(f"max_line_bytes must be at least 1, got {max_line_bytes}")
         for name, timeout in (("idle_timeout", idle_timeout), ("head_timeout", head_timeout)):
             if not timeout > 0:
                 raise ValueError(f"{name} must be more than 0 seconds, got {timeout}")

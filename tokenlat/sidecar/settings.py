@@ -32,6 +32,11 @@ MAX_CONNECTIONS = 1000
 # Idle upstream connections kept for reuse: the benchmark's 100 concurrent streams reuse theirs; beyond that, a
 # new connection to a model server in the same pod costs a local handshake.
 MAX_IDLE_UPSTREAM = 100
+# A request body is kept, up to this size, to read its JSON "model" and "stream" when its response starts: as big
+# as a long prompt's body gets, and a bound on the memory a request holds. Reading one runs on the event loop, so
+# every stream this process relays waits while a large body is parsed (docs/limits.md); lowering the bound caps
+# that wait, at the price of gen_ai.request.model on the larger requests.
+MAX_JSON_BODY = 1 << 20
 # File descriptors kept for everything but connections: the listening socket, telemetry exports, logs.
 RESERVED_FDS = 64
 

@@ -25,7 +25,8 @@ class SidecarStats:
     the upstream answered. The remaining counters overlap those: ``unrecognised_streams`` (pass-throughs that
     looked like streams), ``upstream_errors`` (4xx/5xx responses and error events inside streams),
     ``upstream_resets``, ``client_disconnects`` (including streams cut by the drain timeout), the parsers'
-    malformed events and oversized lines, and ``in_flight`` (requests being proxied now).
+    malformed events and oversized lines, ``oversized_bodies`` (request bodies longer than ``max_json_body``: relayed
+    whole, their ``model`` not read), and ``in_flight`` (requests being proxied now).
 
     The connection limits count apart from requests: ``idle_timeouts`` (keep-alive connections closed after the
     idle timeout between requests), ``head_timeouts`` (connections closed with a 408 because a request head did not
@@ -45,6 +46,7 @@ class SidecarStats:
     client_disconnects: int = 0
     malformed_events: int = 0
     oversized_lines: int = 0
+    oversized_bodies: int = 0
     rejected: int = 0
     in_flight: int = 0
     idle_timeouts: int = 0

@@ -11,7 +11,7 @@ import click
 import tokenlat
 from tokenlat import listening
 from tokenlat.detect import DETECT_BYTES
-from tokenlat.parsers import FORMATS
+from tokenlat.parsers import FORMATS, MAX_LINE_BYTES
 from tokenlat.sidecar import LISTENING_NAME, Sidecar, loops, validate_upstream
 from tokenlat.sidecar.models import MAX_MODELS
 from tokenlat.sidecar.settings import (
@@ -20,6 +20,7 @@ from tokenlat.sidecar.settings import (
     MAX_CONNECTIONS,
     MAX_HEAD_BYTES,
     MAX_IDLE_UPSTREAM,
+    MAX_JSON_BODY,
 )
 from tokenlat_cli import stopping
 from tokenlat_cli.stopping import Stopper
@@ -150,6 +151,23 @@ async def _run(
     help="With --format auto: how many of a response's first bytes detection may wait for, to see a complete "
     "first event, before it judges the response on them. The bytes are relayed at once either way.",
 )
+@click.option(
+    "--max-json-body",
+    type=click.IntRange(min=0),
+    default=MAX_JSON_BODY,
+    show_default=True,
+    metavar="N",
+    help="Bytes of a request body kept to read its JSON model; a longer body is relayed whole and its request "
+    "recorded without gen_ai.request.model (0 reads none). Reading one holds every stream for as long as it takes.",
+)
+@click.option(
+    "--max-line-bytes",
+    type=click.IntRange(min=1),
+    default=MAX_LINE_BYTES,
+    show_default=True,
+    metavar="N",
+    help="Bytes a stream line (SSE event) may take to be parsed; a longer one is relayed, not parsed, and counted.",
+)
 @click.option("--provider", help="gen_ai.provider.name (vllm, sglang ...); default: the stream format's name.")
 @click.option(
     "--drain-timeout",
@@ -233,6 +251,8 @@ def sidecar(
     provider: str | None,
     drain_timeout: float,
     detect_bytes: int,
+    max_json_body: int,
+    max_line_bytes: int,
     idle_timeout: float,
     head_timeout: float,
     max_head_bytes: int,
@@ -277,6 +297,8 @@ def sidecar(
                     drain_timeout,
                     detect_bytes,
                     {
+                        "max_json_body": max_json_body,
+                        "max_line_bytes": max_line_bytes,
                         "idle_timeout": idle_timeout,
                         "head_timeout": head_timeout,
                         "max_head_bytes": max_head_bytes,
