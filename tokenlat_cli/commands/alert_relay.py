@@ -14,22 +14,13 @@ import click
 
 from tokenlat import listening
 from tokenlat_cli import stopping
-from tokenlat_cli.options import load_profile_or_exit, profile_option
+from tokenlat_cli.options import drain_timeout_option, listen_option, load_profile_or_exit, profile_option
 from tokenlat_cli.relay.robots import Robot, RobotConfigError, load_robots
 from tokenlat_cli.relay.server import LISTENING_NAME, Redactor, Relay
 from tokenlat_cli.stopping import Stopper
 
 #: Seconds the stop gets beyond the drain (closing connections), before the Stopper's watchdog ends the process.
 STOP_ALLOWANCE = 10.0
-
-
-def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
-    from tokenlat_cli.commands.sidecar import parse_listen
-
-    try:
-        return parse_listen(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 def _logging(robots: list[Robot], stream: TextIO | None = None) -> None:
@@ -65,21 +56,12 @@ async def _serve(relay: Relay, host: str, port: int, drain_timeout: float, robot
 
 @click.command("alert-relay")
 @profile_option
-@click.option(
-    "--listen",
-    default="127.0.0.1:9096",
-    show_default=True,
-    callback=_listen,
-    metavar="HOST:PORT",
-    help="Address to serve on (alerting.relay_url must reach it); port 0 picks a free one (the listening line "
-    "says which).",
+@listen_option(
+    "127.0.0.1:9096",
+    "Address to serve on (alerting.relay_url must reach it); port 0 picks a free one (the listening line says which).",
 )
-@click.option(
-    "--drain-timeout",
-    type=click.FloatRange(min=0),
-    default=30.0,
-    show_default=True,
-    help="Seconds queued messages get to go out after SIGTERM/SIGINT (the robots' rate limits still apply).",
+@drain_timeout_option(
+    "Seconds queued messages get to go out after SIGTERM/SIGINT (the robots' rate limits still apply)."
 )
 def alert_relay(profile_name: str, listen: tuple[str, int], drain_timeout: float) -> None:
     """Relay Alertmanager's webhook to DingTalk, Feishu/Lark and WeCom group robots, within their rate limits.

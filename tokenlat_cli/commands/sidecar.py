@@ -23,6 +23,7 @@ from tokenlat.sidecar.settings import (
     MAX_JSON_BODY,
 )
 from tokenlat_cli import stopping
+from tokenlat_cli.options import count_option, drain_timeout_option, listen_option, seconds_option
 from tokenlat_cli.stopping import Stopper
 
 #: Seconds the last export gets after the drain, before the Stopper's watchdog ends the process: the OTLP
@@ -33,31 +34,6 @@ FLUSH_ALLOWANCE = 30.0
 def _upstream(ctx: click.Context, param: click.Parameter, value: str) -> str:
     try:
         return validate_upstream(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[IPV6]:PORT`` into (host, port); ValueError says what is wrong."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{value!r} is not HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"{value!r}: write an IPv6 address in brackets, [::1]:9000")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"{value!r}: port {port_text!r} is not an integer") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{value!r}: port {port} is outside 0-65535")
-    return host, port
-
-
-def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
-    try:
-        return parse_listen(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -113,14 +89,7 @@ async def _run(
     metavar="URL",
     help="Base URL of the model server, e.g. http://127.0.0.1:8000 (a path prefix is kept).",
 )
-@click.option(
-    "--listen",
-    default="127.0.0.1:9000",
-    show_default=True,
-    callback=_listen,
-    metavar="HOST:PORT",
-    help="Address to serve on; port 0 picks a free one (the listening line says which).",
-)
+@listen_option("127.0.0.1:9000", "Address to serve on; port 0 picks a free one (the listening line says which).")
 @click.option(
     "--format",
     "fmt",
@@ -142,65 +111,44 @@ async def _run(
     show_default=True,
     help="Request header with the request id (span attribute only).",
 )
-@click.option(
+@count_option(
     "--detect-bytes",
-    type=click.IntRange(min=1),
-    default=DETECT_BYTES,
-    show_default=True,
-    metavar="N",
-    help="With --format auto: how many of a response's first bytes detection may wait for, to see a complete "
-    "first event, before it judges the response on them. The bytes are relayed at once either way.",
+    DETECT_BYTES,
+    1,
+    "With --format auto: how many of a response's first bytes detection may wait for, to see a complete first "
+    "event, before it judges the response on them. The bytes are relayed at once either way.",
 )
-@click.option(
+@count_option(
     "--max-json-body",
-    type=click.IntRange(min=0),
-    default=MAX_JSON_BODY,
-    show_default=True,
-    metavar="N",
-    help="Bytes of a request body kept to read its JSON model; a longer body is relayed whole and its request "
-    "recorded without gen_ai.request.model (0 reads none). Reading one holds every stream for as long as it takes.",
+    MAX_JSON_BODY,
+    0,
+    "Bytes of a request body kept to read its JSON model; a longer body is relayed whole and its request recorded "
+    "without gen_ai.request.model (0 reads none). Reading one holds every stream for as long as it takes.",
 )
-@click.option(
+@count_option(
     "--max-line-bytes",
-    type=click.IntRange(min=1),
-    default=MAX_LINE_BYTES,
-    show_default=True,
-    metavar="N",
-    help="Bytes a stream line (SSE event) may take to be parsed; a longer one is relayed, not parsed, and counted.",
+    MAX_LINE_BYTES,
+    1,
+    "Bytes a stream line (SSE event) may take to be parsed; a longer one is relayed, not parsed, and counted.",
 )
 @click.option("--provider", help="gen_ai.provider.name (vllm, sglang ...); default: the stream format's name.")
-@click.option(
-    "--drain-timeout",
-    type=click.FloatRange(min=0),
-    default=30.0,
-    show_default=True,
-    help="Seconds in-flight streams get to finish after SIGTERM/SIGINT.",
-)
-@click.option(
+@drain_timeout_option("Seconds in-flight streams get to finish after SIGTERM/SIGINT.")
+@seconds_option(
     "--idle-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=IDLE_TIMEOUT_S,
-    show_default=True,
-    metavar="S",
-    help="Seconds a keep-alive client connection may stay idle between requests before it is closed (longer than "
-    "the idle timeout of a load balancer in front, 60 s on most). Never applies while a response streams.",
+    IDLE_TIMEOUT_S,
+    "Seconds a keep-alive client connection may stay idle between requests before it is closed (longer than the "
+    "idle timeout of a load balancer in front, 60 s on most). Never applies while a response streams.",
 )
-@click.option(
+@seconds_option(
     "--head-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=HEAD_TIMEOUT_S,
-    show_default=True,
-    metavar="S",
-    help="Seconds a request head has, from its first byte, to arrive whole; else 408 and the connection closes.",
+    HEAD_TIMEOUT_S,
+    "Seconds a request head has, from its first byte, to arrive whole; else 408 and the connection closes.",
 )
-@click.option(
+@count_option(
     "--max-head-bytes",
-    type=click.IntRange(min=1),
-    default=MAX_HEAD_BYTES,
-    show_default=True,
-    metavar="N",
-    help="Bytes a request head (start line and header fields) may take; a longer one gets 431 and the connection "
-    "closes.",
+    MAX_HEAD_BYTES,
+    1,
+    "Bytes a request head (start line and header fields) may take; a longer one gets 431 and the connection closes.",
 )
 @click.option(
     "--max-connections",
@@ -210,13 +158,11 @@ async def _run(
     help=f"Client connections at most; beyond them a new one gets 503 with Retry-After. [default: {MAX_CONNECTIONS}, "
     "or fewer when the file-descriptor limit (ulimit -n) could not hold them]",
 )
-@click.option(
+@count_option(
     "--max-idle-upstream",
-    type=click.IntRange(min=0),
-    default=MAX_IDLE_UPSTREAM,
-    show_default=True,
-    metavar="N",
-    help="Idle upstream connections kept alive for reuse; one released beyond them is closed.",
+    MAX_IDLE_UPSTREAM,
+    0,
+    "Idle upstream connections kept alive for reuse; one released beyond them is closed.",
 )
 @click.option(
     "--model",
@@ -226,13 +172,11 @@ async def _run(
     help="A model name recorded as itself (repeat for each); any other is recorded as _other. Model names come "
     "from clients: without this, the first --max-models distinct names are recorded and the rest as _other.",
 )
-@click.option(
+@count_option(
     "--max-models",
-    type=click.IntRange(min=0),
-    default=MAX_MODELS,
-    show_default=True,
-    metavar="N",
-    help="Without --model: distinct model names recorded as themselves before the rest become _other.",
+    MAX_MODELS,
+    0,
+    "Without --model: distinct model names recorded as themselves before the rest become _other.",
 )
 @click.option(
     "--loop",
