@@ -12,6 +12,7 @@ import collections
 import contextlib
 import gzip
 import hashlib
+import inspect
 import itertools
 import json
 import logging
@@ -66,6 +67,7 @@ from tokenlat.sidecar.measure import Exchange
 from tokenlat.sidecar.models import MAX_MODEL_CHARS, OTHER_MODELS
 from tokenlat.sidecar.protocol import RETRY_AFTER_S, ClientProtocol, decoded_path
 from tokenlat.sidecar.settings import MAX_CONNECTIONS, default_max_connections
+from tokenlat_cli.commands.sidecar import sidecar as sidecar_command
 from tokenlat_cli.main import cli
 from tokenlat_cli.verify import synthetic
 from tokenlat_cli.verify.synthetic import Distribution, ServerStats, SyntheticConfig, token_text
@@ -1519,6 +1521,20 @@ def test_cli_bad_options_exit_2_naming_the_option(args: list[str], option: str) 
     result = CliRunner().invoke(cli, ["sidecar", *args])
     assert result.exit_code == 2, result.output
     assert option in result.output
+
+
+def test_every_other_cli_option_is_a_sidecar_keyword_of_its_name() -> None:
+    """The command hands its options to Sidecar(...) by name: an option added to one and not the other fails here,
+    not on an operator's first start."""
+    own = {"upstream", "listen", "drain_timeout", "loop"}  # the command's own: where to serve, how to stop
+    handed_over = {param.name for param in sidecar_command.params} - own
+    keywords = {
+        name
+        for name, param in inspect.signature(Sidecar).parameters.items()
+        if param.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    assert handed_over <= keywords, handed_over - keywords
+    assert keywords - handed_over == {"measure"}  # the benchmark's control, not an operator's setting
 
 
 def test_the_event_loop_is_uvloop_when_installed_else_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,17 +39,7 @@ def _upstream(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 async def _run(
-    telemetry: tokenlat.Telemetry,
-    upstream: str,
-    host: str,
-    port: int,
-    fmt: str,
-    user_id_header: str,
-    request_id_header: str,
-    provider: str | None,
-    drain_timeout: float,
-    detect_bytes: int,
-    limits: dict[str, Any],
+    telemetry: tokenlat.Telemetry, upstream: str, host: str, port: int, drain_timeout: float, options: dict[str, Any]
 ) -> None:
     loop = asyncio.get_running_loop()
     stopping.reclaim_wakeup_fd()  # uvloop took it when it started
@@ -59,16 +49,7 @@ async def _run(
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the sidecar has stopped already
             loop.call_soon_threadsafe(stop.set)
 
-    sidecar = Sidecar(
-        upstream,
-        telemetry.metrics,
-        fmt=fmt,
-        user_id_header=user_id_header or None,
-        request_id_header=request_id_header,
-        provider=provider,
-        detect_bytes=detect_bytes,
-        **limits,
-    )
+    sidecar = Sidecar(upstream, telemetry.metrics, **options)
     with stopping.on_stop(request_stop):  # called at once when the signal came before the loop ran
         bound = await sidecar.start(host, port)
         try:
@@ -186,26 +167,7 @@ async def _run(
     show_default=True,
     help="The event loop: uvloop (less CPU per relayed chunk) when installed, else asyncio's; or either one.",
 )
-def sidecar(
-    upstream: str,
-    listen: tuple[str, int],
-    fmt: str,
-    user_id_header: str,
-    request_id_header: str,
-    provider: str | None,
-    drain_timeout: float,
-    detect_bytes: int,
-    max_json_body: int,
-    max_line_bytes: int,
-    idle_timeout: float,
-    head_timeout: float,
-    max_head_bytes: int,
-    max_connections: int | None,
-    max_idle_upstream: int,
-    models: tuple[str, ...],
-    max_models: int,
-    loop: str,
-) -> None:
+def sidecar(upstream: str, listen: tuple[str, int], drain_timeout: float, loop: str, **options: Any) -> None:
     """Proxy a model server and record the token latency of its streams, without touching the server.
 
     Clients get exactly the bytes the server sends. Telemetry is set up by tokenlat.configure() from the
@@ -228,32 +190,8 @@ def sidecar(
         except tokenlat.ConfigurationError as exc:
             raise click.UsageError(str(exc)) from None
         try:
-            loops.run(
-                _run(
-                    telemetry,
-                    upstream,
-                    host,
-                    port,
-                    fmt,
-                    user_id_header,
-                    request_id_header,
-                    provider,
-                    drain_timeout,
-                    detect_bytes,
-                    {
-                        "max_json_body": max_json_body,
-                        "max_line_bytes": max_line_bytes,
-                        "idle_timeout": idle_timeout,
-                        "head_timeout": head_timeout,
-                        "max_head_bytes": max_head_bytes,
-                        "max_connections": max_connections,
-                        "max_idle_upstream": max_idle_upstream,
-                        "models": models,
-                        "max_models": max_models,
-                    },
-                ),
-                loop,
-            )
+            # Every other option is the Sidecar keyword of its name (fmt, the headers, the limits, the models).
+            loops.run(_run(telemetry, upstream, host, port, drain_timeout, options), loop)
         except OSError as exc:  # the port is taken, the host does not resolve ...
             raise click.ClickException(f"cannot listen on {listening.url(host, port)}: {exc}") from None
         finally:
