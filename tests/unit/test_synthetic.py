@@ -35,6 +35,7 @@ from tokenlat.sse import OpenAISSECounter
 from tokenlat_cli.verify import synthetic
 from tokenlat_cli.verify.synthetic import (
     TOOL_NAME,
+    WRITTEN_AT,
     Distribution,
     RequestPlan,
     ServerStats,
@@ -331,6 +332,7 @@ def test_stream_follows_the_plan() -> None:
             assert choice == {"index": 0, "delta": expected, "finish_reason": None}
         assert finish["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
         assert usage["choices"] == []
+        assert not any(WRITTEN_AT in chunk for chunk in chunks)  # as OpenAI streams, unless asked for
         # Prompt tokens are words: "be brief" + "one two three four".
         assert usage["usage"] == {
             "prompt_tokens": 6,
@@ -349,6 +351,18 @@ def test_stream_follows_the_plan() -> None:
         assert got.events[-1].at - got.start >= plan.total_seconds
 
     run(body)
+
+
+def test_stamped_chunks_carry_their_write_times_in_order() -> None:
+    async def body() -> list[dict[str, Any]]:
+        async with running(dataclasses.replace(FAST, stamp_writes=True)) as server, aiohttp.ClientSession() as session:
+            request = chat_body(stream_options={"include_usage": True})
+            return (await stream_chat(session, server.url, request)).chunks
+
+    chunks = run(body)
+    written = [chunk[WRITTEN_AT] for chunk in chunks]  # verify's truth through the sidecar (test_verify_load)
+    assert len(chunks) == plan_request(FAST, 0).output_tokens + 2
+    assert all(isinstance(stamp, float) for stamp in written) and written == sorted(written)
 
 
 def _read_thinking_stream(chunks: list[dict[str, Any]]) -> tuple[list[str], list[str], str]:
@@ -600,7 +614,7 @@ def cli(*args: str) -> list[str]:
 def test_cli_prints_listening_line_and_stops_on_sigterm() -> None:
     args = cli("--host", "127.0.0.1", "--port", "0", "--seed", "3", "--ttft", "fixed:0.001")
     args += ["--inter-token", "fixed:0.001", "--output-tokens", "2-3", "--model", "cli-model"]
-    args += ["--reasoning", "0.5", "--tool-call-tokens", "1"]
+    args += ["--reasoning", "0.5", "--tool-call-tokens", "1", "--stamp-writes"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = read_line(proc, timeout=20)
@@ -617,6 +631,7 @@ def test_cli_prints_listening_line_and_stops_on_sigterm() -> None:
         with urllib.request.urlopen(request, timeout=5) as resp:
             streamed = resp.read().decode()
         assert '"reasoning_content":"tok1 "' in streamed and f'"name":"{TOOL_NAME}"' in streamed
+        assert streamed.count(f'"{WRITTEN_AT}":') == streamed.count('"object":"chat.completion.chunk"')
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         assert proc.stdout is not None and proc.stdout.read() == ""  # exactly one line

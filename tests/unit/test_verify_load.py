@@ -8,17 +8,22 @@ reports) instead of agreeing with a truth counted by the same function.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.otel_helpers import MODEL, Pipeline, point
 from tokenlat import parsers, semconv
-from tokenlat.stream import RequestTiming
+from tokenlat.stream import RequestTiming, TokenMetrics
 from tokenlat_cli.verify import services, synthetic
 from tokenlat_cli.verify.load import SYNTHETIC_SERVER_ARGS, LoadResult, run_load, synthetic_tokens, truth_series
-from tokenlat_cli.verify.synthetic import Distribution, SyntheticConfig, plan_request
+from tokenlat_cli.verify.synthetic import WRITTEN_AT, Distribution, SyntheticConfig, plan_request
 
 TOTAL = 12
 # The shape verify gives its model server (SYNTHETIC_SERVER_ARGS), with millisecond timings.
@@ -30,6 +35,7 @@ CONFIG = SyntheticConfig(
     output_tokens=(8, 16),
     reasoning=_SHAPE.reasoning,
     tool_call_tokens=_SHAPE.tool_call_tokens,
+    stamp_writes=_SHAPE.stamp_writes,
 )
 PLANNED = sum(plan_request(CONFIG, index).output_tokens for index in range(TOTAL))
 OUTPUT = {semconv.GEN_AI_TOKEN_TYPE: "output"}
@@ -49,21 +55,38 @@ def test_verify_starts_its_model_server_with_that_shape(monkeypatch: pytest.Monk
     assert argv[argv.index("--seed=5") - len(SYNTHETIC_SERVER_ARGS) :] == [*SYNTHETIC_SERVER_ARGS, "--seed=5"]
 
 
-def _load(pipeline: Pipeline) -> LoadResult:
-    pipeline.metrics.clock = time.perf_counter  # the load starts each request's clock with perf_counter
+def _load(metrics: TokenMetrics | None) -> LoadResult:
+    """The load against an in-process synthetic server, measured by ``metrics`` (None: as through the sidecar)."""
 
     async def body() -> LoadResult:
         runner, port = await synthetic.serve(CONFIG)
         try:
-            return await run_load(f"http://127.0.0.1:{port}", TOTAL, 4, pipeline.metrics, MODEL, "m", seed=3)
+            return await run_load(f"http://127.0.0.1:{port}", TOTAL, 4, metrics, MODEL, "m", seed=3)
         finally:
             await runner.cleanup()
 
     return asyncio.run(body())
 
 
+def _measured_here(pipeline: Pipeline) -> LoadResult:
+    pipeline.metrics.clock = time.perf_counter  # the load starts each request's clock with perf_counter
+    return _load(pipeline.metrics)
+
+
+def _rewrite_chunks(monkeypatch: pytest.MonkeyPatch, rewrite: Callable[[dict[str, Any]], object]) -> None:
+    """Every chunk the synthetic server streams passes through ``rewrite`` just after it is stamped."""
+    made = synthetic._Reply._chunk
+
+    def rewritten(reply: synthetic._Reply, **fields: Any) -> dict[str, Any]:
+        chunk = made(reply, **fields)
+        rewrite(chunk)
+        return chunk
+
+    monkeypatch.setattr(synthetic._Reply, "_chunk", rewritten)
+
+
 def test_truth_and_library_count_every_kind_of_token(pipeline: Pipeline) -> None:
-    result = _load(pipeline)
+    result = _measured_here(pipeline)
     assert not result.failures
     assert result.output_tokens == PLANNED  # the truth, checked against the usage report by the load itself
     m = pipeline.collect()
@@ -77,12 +100,47 @@ def test_a_library_that_misses_reasoning_differs_from_the_truth(
 ) -> None:
     # The counting issue 9 found in the in-process path: only some delta fields count.
     monkeypatch.setattr(parsers, "_OPENAI_DELTA_TEXT", ("content",))
-    result = _load(pipeline)
+    result = _measured_here(pipeline)
     assert not result.failures and result.output_tokens == PLANNED  # the truth does not lean on the library
     m = pipeline.collect()
     assert point(m, semconv.TOKEN_USAGE, **OUTPUT).sum < PLANNED
     true_ttft = sum(truth.first_token - truth.start for truth in result.truths)  # type: ignore[operator]
     assert point(m, semconv.TIME_TO_FIRST_TOKEN).sum > true_ttft  # the first (reasoning) tokens were missed
+
+
+def test_measured_outside_a_tokens_truth_is_its_write_by_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    streamed: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    _rewrite_chunks(monkeypatch, lambda chunk: streamed[chunk["id"]].append(chunk))
+    result = _load(None)
+    assert not result.failures and len(result.truths) == TOTAL
+    firsts, gaps, ends = [], [], []
+    for chunks in streamed.values():
+        written = [c[WRITTEN_AT] for c in chunks if synthetic_tokens(json.dumps(c))]  # one token a chunk
+        firsts.append(written[0])
+        gaps.extend(later - earlier for earlier, later in itertools.pairwise(written))
+        ends.append(chunks[-1][WRITTEN_AT])  # the usage chunk
+    # Exactly the server's stamps (JSON carries a float unchanged), not this process's readings.
+    assert sorted(t.first_token for t in result.truths) == sorted(firsts)  # type: ignore[type-var]
+    assert sorted(t.end for t in result.truths) == sorted(ends)  # type: ignore[type-var]
+    assert sorted(result.gaps) == sorted(gaps)
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        lambda chunk: chunk.update({WRITTEN_AT: chunk[WRITTEN_AT] + 1000.0}),  # ahead of this process's clock
+        lambda chunk: chunk.update({WRITTEN_AT: chunk[WRITTEN_AT] - 1000.0}),  # before the request started
+        lambda chunk: chunk.pop(WRITTEN_AT),  # not verify's model server
+    ],
+    ids=["ahead", "before-the-start", "missing"],
+)
+def test_measured_outside_a_write_time_off_this_clock_fails_the_request(
+    monkeypatch: pytest.MonkeyPatch, rewrite: Callable[[dict[str, Any]], object]
+) -> None:
+    _rewrite_chunks(monkeypatch, rewrite)
+    result = _load(None)
+    assert not result.truths and len(result.failures) == TOTAL
+    assert all(f"{WRITTEN_AT}" in failure and "not one clock" in failure for failure in result.failures)
 
 
 def test_the_truth_reads_token_texts_from_any_field() -> None:

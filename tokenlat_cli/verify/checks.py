@@ -26,8 +26,10 @@ from tokenlat_cli.verify.statistics import Recorded, true_quantile, true_quantil
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 # What native histograms promise against the truth (their scale-6 buckets are 1.09% wide).
 NATIVE_TARGET = 0.02
-# Through the sidecar the truth is what a client a hop away saw, and on a loaded machine the client's own event loop
-# adds jitter to the tail (the sidecar cannot see it): p99 inter-token gaps were seen 2.6% apart. The target there.
+# Through the sidecar the truth is what it could see (verify.load): a request's start as its bytes leave the client,
+# a token's time as the model server writes it. The sidecar's readings come later by its own delays, which users see
+# too: quantiles were seen up to 2.7% from the truth with two busy loops contending for 2 cores (within 1.2% on a
+# quiet machine). The target there.
 SIDECAR_TARGET = 0.05
 # Prometheus and this module compute the same interpolation; only float rounding may tell them apart.
 _SAME = 1e-9

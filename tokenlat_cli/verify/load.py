@@ -1,8 +1,15 @@
 """The load: concurrent streaming chat completions through the real tokenlat instrumentation.
 
-Every request is measured twice: by the tokenlat wrapper (what goes to the Collector) and by this driver's own
-clock readings (the ground truth verify compares Prometheus with). The model server's seeded timings make the
-load repeatable; what the client observed is the truth.
+Every request is measured twice: by the tokenlat wrapper or the sidecar (what goes to the Collector) and by this
+driver (the ground truth verify compares Prometheus with). The model server's seeded timings make the load
+repeatable. A token's true time is where the measurement can see it:
+
+- measured in this process (the library), when this client reads it, as the library does;
+- measured a hop away (the sidecar), when the model server wrote it (:data:`WRITTEN_AT`, stamped into the chunk).
+  This client's own delays (its event loop busy with a hundred streams, the process off its core) delay every
+  stream's next reading at once, which no measurement a hop away can see. In the truth they moved the inter-token
+  p99 by 8% in a CI run, and by 2% to 30% with two busy loops contending for the cores, where the truth from the
+  server's writes stayed within 3%. A request still starts when this client sends it (:func:`_start_when_sent`).
 
 The model server streams as a reasoning model with tools does (:data:`SYNTHETIC_SERVER_ARGS`), so the load holds
 every kind of token the library counts. The two measurements count apart: the library with its own counting
@@ -14,13 +21,11 @@ every kind of token the library counts. The two measurements count apart: the li
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import json
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -30,7 +35,7 @@ import aiohttp
 from tokenlat import semconv
 from tokenlat.sse import DONE, iter_sse_data, openai_event_tokens
 from tokenlat.stream import RequestTiming, TokenMetrics, wrap_async_stream
-from tokenlat_cli.verify.synthetic import token_text
+from tokenlat_cli.verify.synthetic import WRITTEN_AT, token_text
 
 if TYPE_CHECKING:
     from tokenlat_cli.verify.statistics import Recorded
@@ -41,8 +46,8 @@ USER_ID_HEADER = "x-user-id"
 REQUEST_ID_HEADER = "x-request-id"
 #: ``python -m tokenlat_cli.verify.synthetic`` flags that make verify's model server a reasoning model that ends each
 #: answer with a tool call: about a quarter of the tokens are reasoning, the last 4 tool-call arguments, the rest
-#: content.
-SYNTHETIC_SERVER_ARGS = ("--reasoning=0.25", "--tool-call-tokens=4")
+#: content. Its chunks carry their write times, the truth through the sidecar (module docstring).
+SYNTHETIC_SERVER_ARGS = ("--reasoning=0.25", "--tool-call-tokens=4", "--stamp-writes")
 
 # token_text(position) is "tok<position + 1> ": every token the synthetic server generates carries its text, in
 # whichever field it goes out (content, reasoning_content, a tool call's arguments), and nothing else it sends
@@ -101,6 +106,19 @@ def synthetic_tokens(data: str) -> list[int]:
     return [int(number) for number in _TOKEN_TEXT.findall(data)]
 
 
+def _written_at(data: str, start: float) -> float:
+    """When the model server wrote the event ``data`` (its :data:`WRITTEN_AT` stamp). The stamp must lie between the
+    request's start and this reading, or the two processes do not share one clock and the truth would be garbage."""
+    read = time.perf_counter()
+    written = json.loads(data).get(WRITTEN_AT)
+    if not isinstance(written, float) or not start <= written <= read:
+        raise RuntimeError(
+            f"the model server's {WRITTEN_AT} {written!r} is not between the request's start ({start:.6f}) and"
+            f" this reading ({read:.6f}): not verify's model server, or not one clock (CLOCK_MONOTONIC)"
+        )
+    return written
+
+
 def _measured_tokens(data: str) -> int:
     """The library's count of one event's tokens: what a service's TokenStreamingResponse counts."""
     return openai_event_tokens(data)[0]
@@ -154,9 +172,12 @@ async def _one_request(
                 stream, metrics, attributes=attributes, input_tokens=words, count_tokens=_measured_tokens,
                 start=truth.start, user_id=user_id, request_id=request_id,
             )  # fmt: skip
+        outside = metrics is None
         last: float | None = None
+        now = truth.start
         async for data in stream:
-            now = time.perf_counter()  # first: the event's arrival, as near the library's reading as can be
+            # The library's reading comes just before; a measurement outside reads the write (module docstring).
+            now = _written_at(data, truth.start) if outside else time.perf_counter()
             positions = synthetic_tokens(data)
             if not positions:  # finish, tool-call header or usage: the usage report is the cross-check
                 usage = json.loads(data).get("usage") or usage
@@ -171,7 +192,7 @@ async def _one_request(
                 gaps.extend([(now - last) / tokens] * tokens)
             last = now
             truth.output_tokens += tokens
-        truth.end = time.perf_counter()
+        truth.end = now if outside else time.perf_counter()  # outside: the write of the last event
     # The server's own count must agree with what the client counted, or the truth itself is wrong.
     if usage.get("completion_tokens") != truth.output_tokens or usage.get("prompt_tokens") != words:
         raise RuntimeError(f"usage {usage} disagrees with the client's count ({truth.output_tokens} out, {words} in)")
@@ -237,35 +258,18 @@ async def run_load(
     traces = [_start_when_sent()] if metrics is None and not services else []
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=traces) as session:
         workers = min(concurrency, total)
-        with _no_collector_pauses():
-            await asyncio.gather(*(worker(session, ramp * w / workers) for w in range(workers)))
+        await asyncio.gather(*(worker(session, ramp * w / workers) for w in range(workers)))
     return result
 
 
-@contextlib.contextmanager
-def _no_collector_pauses() -> Iterator[None]:
-    """No cyclic garbage collection while the truth is being timed.
-
-    A collection stops this process, and so every stream's next read at once: a hundred concurrent streams then
-    get a late chunk each in the truth, which no measurement a hop away can see, and in a run of a few thousand gaps
-    that moves their p99 by percents (a CI run failed with the sidecar's inter-token p99 5.1% under the client's).
-    Measured: about 13 collections per load of 120 requests through the sidecar, up to 1.8 ms each (a full one,
-    outside the load, 14 ms). Reference counting still frees what the load drops; the collector catches up after.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _start_when_sent() -> aiohttp.TraceConfig:
-    """Start a request's truth when it is handed to its connection, for a measurement outside this process.
+    """Start a request's truth as its bytes go out, for a measurement outside this process.
 
-    aiohttp signals "headers sent" once the connection is there and the request head is serialized, just before
-    it goes out (with the body, in the same write).
+    aiohttp signals a body chunk "sent" just before that chunk's write, which carries the request head too (they go
+    in one write). Its earlier "headers sent" signal can come a turn of this event loop before: before Python 3.12
+    the body is written by a task that is not started at once, and waits behind every stream's ready work. A start
+    taken there counted this process's delays, which the sidecar cannot see: with two busy loops contending for the
+    cores, the sidecar's TTFT p50 was 3 to 5% under the truth in three runs of six.
 
     The library in this process starts its clock with the truth's, before the request is even built. A sidecar
     starts it when the request reaches it, and cannot see the time before the request left: opening a connection,
@@ -273,13 +277,13 @@ def _start_when_sent() -> aiohttp.TraceConfig:
     in the truth, that alone would fail the TTFT checks of native histograms.
     """
 
-    async def headers_sent(
-        session: aiohttp.ClientSession, context: SimpleNamespace, params: aiohttp.TraceRequestHeadersSentParams
+    async def body_sent(
+        session: aiohttp.ClientSession, context: SimpleNamespace, params: aiohttp.TraceRequestChunkSentParams
     ) -> None:
         truth = context.trace_request_ctx
-        if isinstance(truth, RequestTiming):
-            truth.start = time.perf_counter()
+        if isinstance(truth, RequestTiming) and "sent" not in vars(context):  # the first chunk's write
+            context.sent = truth.start = time.perf_counter()
 
     config = aiohttp.TraceConfig()
-    config.on_request_headers_sent.append(headers_sent)
+    config.on_request_chunk_sent.append(body_sent)
     return config

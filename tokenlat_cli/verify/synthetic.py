@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "LISTENING_PREFIX",
     "TOOL_NAME",
+    "WRITTEN_AT",
     "Distribution",
     "RequestPlan",
     "ServerStats",
@@ -60,6 +61,11 @@ LISTENING_NAME = "tokenlat-synthetic"
 LISTENING_PREFIX = listening.prefix(LISTENING_NAME)
 #: The function a tool-calling reply calls; its arguments are ``{"query": "<the tool-call tokens' text>"}``.
 TOOL_NAME = "lookup"
+#: With ``SyntheticConfig.stamp_writes``, the key under which every streamed chunk carries the server's
+#: ``time.perf_counter()`` as it was written. On Linux that is CLOCK_MONOTONIC, one clock for every process of the
+#: host: verify times a token by its write when the measurement is a hop away, where its own reading would add delays
+#: the measurement cannot see (verify.load).
+WRITTEN_AT = "tokenlat_written_at"
 
 # How long a stopping server lets in-flight streams finish before cancelling them.
 # Synthetic streams are cheap to abandon, and a SIGTERM should not hang for aiohttp's
@@ -187,6 +193,9 @@ class SyntheticConfig:
     #: Tokens at the end of each completion that go out as the arguments of one tool call, a chunk per token
     #: (fewer when the completion is shorter); 0: no tool call.
     tool_call_tokens: int = 0
+    #: Stamp every streamed chunk with the server's clock as it is written (:data:`WRITTEN_AT`); off, the chunks are
+    #: as OpenAI streams them.
+    stamp_writes: bool = False
 
     def __post_init__(self) -> None:
         lo, hi = self.output_tokens
@@ -374,6 +383,7 @@ class _Reply:
     created: int
     request: _ChatRequest
     plan: RequestPlan
+    stamp_writes: bool
 
     @property
     def id(self) -> str:
@@ -429,27 +439,27 @@ class _Reply:
             deltas[0] = {"role": "assistant", **deltas[0]}
         return deltas
 
-    def chunk(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def _chunk(self, **fields: Any) -> dict[str, Any]:
+        """A streamed chunk with ``fields``, made just before its write (so stamped then, with ``stamp_writes``)."""
+        chunk: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            **fields,
         }
-        if self.request.include_usage:
-            body["usage"] = None  # as OpenAI does: only the final chunk carries usage
-        return body
+        if self.stamp_writes:
+            chunk[WRITTEN_AT] = time.perf_counter()
+        return chunk
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+        choices = [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+        if self.request.include_usage:  # as OpenAI does: only the final chunk carries usage
+            return self._chunk(choices=choices, usage=None)
+        return self._chunk(choices=choices)
 
     def usage_chunk(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": self.usage(),
-        }
+        return self._chunk(choices=[], usage=self.usage())
 
     def completion(self) -> dict[str, Any]:
         plan = self.plan
@@ -545,7 +555,7 @@ class _Handlers:
         self.stats.started += 1
         start = asyncio.get_running_loop().time()
         plan = plan_request(self.config, index, chat.max_tokens)
-        reply = _Reply(index, chat.model, int(time.time()), chat, plan)
+        reply = _Reply(index, chat.model, int(time.time()), chat, plan, self.config.stamp_writes)
         stream = _event_stream() if chat.stream else None
         try:
             if stream is not None:
@@ -714,6 +724,11 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="end each completion with a tool call whose arguments stream as its last N tokens (default: %(default)s)",
     )
+    parser.add_argument(
+        "--stamp-writes",
+        action="store_true",
+        help=f"stamp every streamed chunk with the server's clock as it is written ({WRITTEN_AT})",
+    )
     parser.add_argument("--access-log", action="store_true", help="log every request to stderr")
     return parser
 
@@ -745,6 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model=args.model,
         reasoning=args.reasoning,
         tool_call_tokens=args.tool_call_tokens,
+        stamp_writes=args.stamp_writes,
     )
     try:
         asyncio.run(_run(config, args.host, args.port, args.access_log))
