@@ -204,9 +204,10 @@ def _checks(steps: Sequence[Step]) -> list[Check]:
     # Series arriving at the sink: judged where nothing was refused or failed, the sink holds what was sent.
     judged = [s for s in steps if s.countable and not s.refusing and s.window.per_second[SEND_FAILED] == 0]
     missing = [
-        f"{s.sweep} {s.offered_rate:g}/s: {s.series_at_sink} of {s.series_sent:,.0f}"
+        f"{s.sweep} {s.offered_rate:g}/s: {s.series_at_sink} at the sink, {s.series_sent:,.0f} sent,"
+        f" {s.series:,} planned"
         for s in judged
-        if s.series_at_sink is None or abs(s.series_at_sink - s.series_sent) > SERIES_TOLERANCE * s.series_sent
+        if not _sink_holds_what_was_sent(s)
     ]
     return [
         Check(
@@ -225,6 +226,19 @@ def _checks(steps: Sequence[Step]) -> list[Check]:
             "; ".join(missing) or f"{len(judged)} steps",
         ),
     ]
+
+
+def _sink_holds_what_was_sent(step: Step) -> bool:
+    """At least the series the accepted points stand for, at most the series the load planned (each within the
+    tolerance: a run that ran long sends a few more).
+
+    When the generator falls short of its rate, its slot runs stop at different points, so the window holds more
+    distinct series than its accepted points fill in one interval: the estimate is a floor, not a target (seen in
+    CI on a slow host: 5,604 series at the sink, 4,859 by the accepted points, 6,000 planned)."""
+    at_sink = step.series_at_sink
+    return at_sink is not None and (
+        (1 - SERIES_TOLERANCE) * step.series_sent <= at_sink <= (1 + SERIES_TOLERANCE) * step.series
+    )
 
 
 def _rate_sweep(run: Callable[[Load, str], Step], settings: Settings) -> list[Step]:

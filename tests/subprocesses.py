@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import select
 import subprocess
 import sys
@@ -40,3 +41,15 @@ def verify_subprocess(
         env={**os.environ, **(env or {})},
         check=False,
     )
+
+
+#: A row of verify's table whose result column says FAIL.
+_FAILED_ROW = re.compile(r"\s{2}FAIL(\s{2}|$)")
+
+
+def failed_first(result: subprocess.CompletedProcess[str]) -> str:
+    """What a run printed, the rows of checks that failed first: CI shows a failing test's first lines, and one
+    failed row in a table of forty would be cut from them."""
+    printed = result.stdout + result.stderr
+    failed = [line for line in printed.splitlines() if _FAILED_ROW.search(line)]
+    return "\n".join(["checks that failed:", *failed, "", printed]) if failed else printed

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import DATA
-from tests.subprocesses import verify_subprocess
+from tests.subprocesses import failed_first, verify_subprocess
 from tokenlat import semconv
 from tokenlat_cli import collector
 from tokenlat_cli.collector import CollectorError, find_collector
@@ -27,7 +27,7 @@ def test_verify_local_profile_passes(collector_binary: Path, prometheus_binary: 
         ["--profile", "local", "--requests", "200", "--concurrency", "50", "--json", str(report)],
         env={"TMPDIR": str(tmp_path)},
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, failed_first(result)
     stages = ("[1/7] starting the prometheus backend", "[5/7] streaming 200", "200/200 requests done", "[7/7] stopping")
     for stage in stages:
         assert stage in result.stderr
@@ -70,7 +70,7 @@ def test_verify_classic_histograms_within_the_layouts_target(
         ["--profile", "local", "--histogram", "explicit", "--requests", "150", "--concurrency", "50",
          "--json", str(report)]
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, failed_first(result)
     checks = _checks(report)
     assert all(c["passed"] for c in checks.values())
     _assert_quantiles(checks, target=0.05)  # the default geometric layout
@@ -87,7 +87,7 @@ def test_verify_tells_coarse_buckets_from_a_broken_pipeline(
     result = verify_subprocess(
         ["--profile", str(profile), "--requests", "100", "--concurrency", "50", "--json", str(report)]
     )
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == 1, failed_first(result)
     checks = _checks(report)
     truth_rows = [c for name, c in checks.items() if name.endswith(" vs the truth")]
     pipeline_rows = [c for name, c in checks.items() if name.endswith(" as the buckets allow")]
@@ -111,7 +111,7 @@ def test_verify_local_profile_against_debian_prometheus_2(
          "--json", str(report)],
         env={"PROMETHEUS_BIN": str(debian_prometheus_binary), "TMPDIR": str(tmp_path)},
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, failed_first(result)
     version = Prometheus.probe(debian_prometheus_binary).version
     assert version.startswith("2.") and f"Prometheus {version} at http://127.0.0.1:" in result.stderr
     checks = _checks(report)
@@ -130,7 +130,7 @@ def test_verify_mutual_tls_refuses_a_client_without_a_certificate(
         ["--profile", str(DATA / "mtls.yaml"), "--requests", "60", "--concurrency", "30", "--json", str(report)],
         env={"TMPDIR": str(tmp_path)},
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, failed_first(result)
     assert "(mutual TLS)" in result.stderr
     checks = _checks(report)
     assert checks["OTLP client without a client certificate"]["observed"] == "rejected"
@@ -161,7 +161,7 @@ def test_verify_via_sidecar_measures_from_outside(
             str(report),
         ]
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, failed_first(result)
     assert "through the tokenlat sidecar" in result.stderr
     checks = _checks(report)
     assert all(c["passed"] for c in checks.values())
@@ -190,7 +190,7 @@ def test_verify_fails_when_the_pipeline_loses_information(
             str(report),
         ]
     )
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == 1, failed_first(result)
     assert "verify FAILED" in result.stdout
     checks = _checks(report)
     assert not checks["gen_ai_client_token_usage sum (output tokens)"]["passed"]
@@ -247,7 +247,7 @@ def test_verify_each_builtin_profile_against_its_real_receiver(
     report = tmp_path / "report.json"
     result = verify_subprocess(["--profile", profile, "--requests", "60", "--concurrency", "30", "--json", str(report)],
                      env={"TMPDIR": str(tmp_path)})  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, failed_first(result)
     checks = _checks(report)
     assert all(c["passed"] for c in checks.values()), [c for c in checks.values() if not c["passed"]]
     assert checks["gen_ai_server_request_duration_seconds count (requests)"]["observed"] == 60

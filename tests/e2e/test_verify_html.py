@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.subprocesses import verify_subprocess
+from tests.subprocesses import failed_first, verify_subprocess
 from tests.unit.test_verify_html import METRICS, _Page
 from tokenlat_cli.verify import html_report
 from tokenlat_cli.verify.html_report import METRIC_TITLES
@@ -106,7 +106,7 @@ def test_verify_html_page_renders_in_chromium(collector_binary: Path, prometheus
     chromium = _chromium()
     page = tmp_path / "verify.html"
     result = verify_subprocess(["--profile", "local", "--requests", "100", "--concurrency", "20", "--html", str(page)])
-    assert result.returncode == 0 and "verify PASSED" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 0 and "verify PASSED" in result.stdout, failed_first(result)
     markup = page.read_text(encoding="utf-8")
     assert len(markup.encode()) < 150_000
     url = page.as_uri()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.subprocesses import verify_subprocess
+from tests.subprocesses import failed_first, verify_subprocess
 from tokenlat import semconv
 
 
@@ -22,7 +22,7 @@ def test_verify_classic_buckets_sent_as_native_histograms_with_custom_buckets(
         ["--profile", str(profile), "--requests", "100", "--concurrency", "50", "--json", str(report)],
         env={"PROMETHEUS_BIN": str(prometheus3_binary)},
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, failed_first(result)
     checks = {c["name"]: c for c in json.loads(report.read_text(encoding="utf-8"))["checks"]}
     ttft = semconv.prometheus_name(semconv.TTFT_SPEC)
     # Classic accuracy (the layout's 5%), read with the one-series queries: nothing of _bucket series exists.
