@@ -34,6 +34,7 @@ from tokenlat.parsers import StreamParser, decode_payload
 from tokenlat.sse import OpenAISSECounter
 from tokenlat_cli.verify import synthetic
 from tokenlat_cli.verify.synthetic import (
+    RECEIVED_AT,
     TOOL_NAME,
     WRITTEN_AT,
     Distribution,
@@ -332,7 +333,7 @@ def test_stream_follows_the_plan() -> None:
             assert choice == {"index": 0, "delta": expected, "finish_reason": None}
         assert finish["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
         assert usage["choices"] == []
-        assert not any(WRITTEN_AT in chunk for chunk in chunks)  # as OpenAI streams, unless asked for
+        assert not any(WRITTEN_AT in chunk or RECEIVED_AT in chunk for chunk in chunks)  # unless asked for
         # Prompt tokens are words: "be brief" + "one two three four".
         assert usage["usage"] == {
             "prompt_tokens": 6,
@@ -353,7 +354,7 @@ def test_stream_follows_the_plan() -> None:
     run(body)
 
 
-def test_stamped_chunks_carry_their_write_times_in_order() -> None:
+def test_stamped_chunks_carry_their_write_times_in_order_after_the_receipt() -> None:
     async def body() -> list[dict[str, Any]]:
         async with running(dataclasses.replace(FAST, stamp_writes=True)) as server, aiohttp.ClientSession() as session:
             request = chat_body(stream_options={"include_usage": True})
@@ -363,6 +364,8 @@ def test_stamped_chunks_carry_their_write_times_in_order() -> None:
     written = [chunk[WRITTEN_AT] for chunk in chunks]  # verify's truth through the sidecar (test_verify_load)
     assert len(chunks) == plan_request(FAST, 0).output_tokens + 2
     assert all(isinstance(stamp, float) for stamp in written) and written == sorted(written)
+    (received,) = {chunk[RECEIVED_AT] for chunk in chunks}  # one request, received once
+    assert isinstance(received, float) and received < written[0]
 
 
 def _read_thinking_stream(chunks: list[dict[str, Any]]) -> tuple[list[str], list[str], str]:
@@ -631,7 +634,8 @@ def test_cli_prints_listening_line_and_stops_on_sigterm() -> None:
         with urllib.request.urlopen(request, timeout=5) as resp:
             streamed = resp.read().decode()
         assert '"reasoning_content":"tok1 "' in streamed and f'"name":"{TOOL_NAME}"' in streamed
-        assert streamed.count(f'"{WRITTEN_AT}":') == streamed.count('"object":"chat.completion.chunk"')
+        chunks = streamed.count('"object":"chat.completion.chunk"')
+        assert streamed.count(f'"{WRITTEN_AT}":') == streamed.count(f'"{RECEIVED_AT}":') == chunks
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         assert proc.stdout is not None and proc.stdout.read() == ""  # exactly one line

@@ -79,9 +79,16 @@ def test_quantile_checks_give_both_rows_in_process_and_the_truth_row_through_the
     ]
     assert rows[0].tolerance == 0.05
     assert 0.95 in checks.QUANTILES
-    (sidecar,) = checks.quantile_checks(TTFT, 0.99, [0.3] * 100, 0.309, None)  # the sidecar measured
-    assert sidecar.passed and sidecar.tolerance == checks.SIDECAR_TARGET
-    assert "measured through the sidecar" in sidecar.detail
+    # The sidecar measured: every value between the server's writes (0.29) and the client's reads (0.32) is one it
+    # can have read, and the native histograms' own target applies from there.
+    bounds = ([0.29] * 100, [0.32] * 100)
+    (sidecar,) = checks.quantile_checks(TTFT, 0.99, [0.3] * 100, 0.319, None, bounds=bounds)
+    assert sidecar.passed and sidecar.error == 0 and sidecar.tolerance == checks.NATIVE_TARGET
+    assert "measured through the sidecar" in sidecar.detail and "[0.29, 0.32]" in sidecar.detail
+    above = checks.quantile_checks(TTFT, 0.99, [0.3] * 100, 0.33, None, bounds=bounds)[0]
+    assert not above.passed and above.error == pytest.approx(0.01 / 0.32)
+    below = checks.quantile_checks(TTFT, 0.99, [0.3] * 100, 0.28, None, bounds=bounds)[0]
+    assert not below.passed and below.error == pytest.approx(-0.01 / 0.29)
 
 
 def test_count_check_is_exact() -> None:

@@ -23,7 +23,7 @@ from tokenlat import parsers, semconv
 from tokenlat.stream import RequestTiming, TokenMetrics
 from tokenlat_cli.verify import services, synthetic
 from tokenlat_cli.verify.load import SYNTHETIC_SERVER_ARGS, LoadResult, run_load, synthetic_tokens, truth_series
-from tokenlat_cli.verify.synthetic import WRITTEN_AT, Distribution, SyntheticConfig, plan_request
+from tokenlat_cli.verify.synthetic import RECEIVED_AT, WRITTEN_AT, Distribution, SyntheticConfig, plan_request
 
 TOTAL = 12
 # The shape verify gives its model server (SYNTHETIC_SERVER_ARGS), with millisecond timings.
@@ -125,14 +125,36 @@ def test_measured_outside_a_tokens_truth_is_its_write_by_the_server(monkeypatch:
     assert sorted(result.gaps) == sorted(gaps)
 
 
+def test_measured_outside_each_value_lies_between_the_servers_stamps_and_this_clients_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    streamed: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    _rewrite_chunks(monkeypatch, lambda chunk: streamed[chunk["id"]].append(chunk))
+    result = _load(None)
+    assert not result.failures and result.bounds is not None
+    points = truth_series(result.truths) | {semconv.INTER_TOKEN_LATENCY: result.gaps}
+    for spec in (semconv.TTFT_SPEC, semconv.TPOT_SPEC, semconv.DURATION_SPEC, semconv.ITL_SPEC):
+        low, high, point = result.bounds.low[spec.name], result.bounds.high[spec.name], points[spec.name]
+        assert len(low) == len(high) == len(point) > 0, spec.name
+        assert all(a <= b <= c for a, b, c in zip(low, point, high, strict=True)), spec.name
+        assert any(a < c for a, c in zip(low, high, strict=True)), spec.name  # this client reads after the write
+    # The least TTFT the sidecar can see: the first token's write less the server's receipt of the request.
+    least = [
+        next(c[WRITTEN_AT] for c in chunks if synthetic_tokens(json.dumps(c))) - chunks[0][RECEIVED_AT]
+        for chunks in streamed.values()
+    ]
+    assert sorted(result.bounds.low[semconv.TIME_TO_FIRST_TOKEN]) == sorted(least)
+
+
 @pytest.mark.parametrize(
     "rewrite",
     [
+        lambda chunk: chunk.update({RECEIVED_AT: chunk[WRITTEN_AT] + 0.001}),  # received after it wrote
         lambda chunk: chunk.update({WRITTEN_AT: chunk[WRITTEN_AT] + 1000.0}),  # ahead of this process's clock
         lambda chunk: chunk.update({WRITTEN_AT: chunk[WRITTEN_AT] - 1000.0}),  # before the request started
         lambda chunk: chunk.pop(WRITTEN_AT),  # not verify's model server
     ],
-    ids=["ahead", "before-the-start", "missing"],
+    ids=["received-after-written", "ahead", "before-the-start", "missing"],
 )
 def test_measured_outside_a_write_time_off_this_clock_fails_the_request(
     monkeypatch: pytest.MonkeyPatch, rewrite: Callable[[dict[str, Any]], object]
@@ -140,7 +162,7 @@ def test_measured_outside_a_write_time_off_this_clock_fails_the_request(
     _rewrite_chunks(monkeypatch, rewrite)
     result = _load(None)
     assert not result.truths and len(result.failures) == TOTAL
-    assert all(f"{WRITTEN_AT}" in failure and "not one clock" in failure for failure in result.failures)
+    assert all(WRITTEN_AT in failure and "not one clock" in failure for failure in result.failures)
 
 
 def test_the_truth_reads_token_texts_from_any_field() -> None:

@@ -26,11 +26,9 @@ from tokenlat_cli.verify.statistics import Recorded, true_quantile, true_quantil
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 # What native histograms promise against the truth (their scale-6 buckets are 1.09% wide).
 NATIVE_TARGET = 0.02
-# Through the sidecar the truth is what it could see (verify.load): a request's start as its bytes leave the client,
-# a token's time as the model server writes it. The sidecar's readings come later by its own delays, which users see
-# too: quantiles were seen up to 2.7% from the truth with two busy loops contending for 2 cores (within 1.2% on a
-# quiet machine). The target there.
-SIDECAR_TARGET = 0.05
+#: Through the sidecar, per metric, the least and the most each true value can be as the sidecar saw it
+#: (verify.load.Bounds): its quantiles lie between theirs, and the histograms' own target applies from there.
+SidecarBounds = tuple[Sequence[float], Sequence[float]]
 # Prometheus and this module compute the same interpolation; only float rounding may tell them apart.
 _SAME = 1e-9
 
@@ -68,13 +66,13 @@ def quantile_checks(
     observed: float | None,
     layout: BucketLayout | None,
     recorded: Recorded | None = None,
+    bounds: SidecarBounds | None = None,
 ) -> list[Check]:
     """The rows of a quantile (module docstring): its error against the truth, and the pipeline's. ``layout`` is
     the classic histograms' bucket layout, None for native histograms; ``recorded``, what the library sent when it
-    measured in this process (None: the sidecar measured, and only the truth row is made, at the sidecar's
-    target)."""
+    measured in this process (None: the sidecar measured, and only the truth row is made, against ``bounds``)."""
     if recorded is None:
-        return [truth_check(spec, q, truths, observed, layout, SIDECAR_TARGET)]
+        return [truth_check(spec, q, truths, observed, layout, bounds)]
     return [truth_check(spec, q, truths, observed, layout), pipeline_check(spec, q, observed, recorded)]
 
 
@@ -84,10 +82,11 @@ def truth_check(
     truths: Sequence[float],
     observed: float | None,
     layout: BucketLayout | None,
-    floor: float | None = None,
+    bounds: SidecarBounds | None = None,
 ) -> Check:
-    """The quantile Prometheus answers against the true one: relative error within the stated target (the
-    histograms', or ``floor`` where the truth itself is measured that far off: through the sidecar)."""
+    """The quantile Prometheus answers against the true one: relative error within the histograms' stated target.
+    Through the sidecar (``bounds``), against every value its quantile can have, from the least of its values'
+    quantile to the most's."""
     name = f"{_quantile_name(spec, q)} vs the truth"
     truth = true_quantile(truths, q)
     if layout is None:
@@ -96,18 +95,24 @@ def truth_check(
     else:
         target = layout.target
         promise = f"buckets {layout.preset}"
-    if floor is not None and target is not None and floor > target:
-        target, promise = floor, f"{promise}, measured through the sidecar"
     shown_target: float | str = target if target is not None else "none"
     if observed is None or math.isnan(observed):
         return Check(name, truth, None, None, shown_target, False, "no data in Prometheus")
-    low_truth, high_truth = true_quantile_interval(truths, q)
+    if bounds is None:
+        low_truth, high_truth = true_quantile_interval(truths, q)
+        interval = f"is a true p{q * 100:g}"
+    else:
+        low_truth, high_truth = true_quantile_interval(bounds[0], q)[0], true_quantile_interval(bounds[1], q)[1]
+        promise = f"{promise}, measured through the sidecar"
+        interval = (
+            f"is a p{q * 100:g} the sidecar can have read, between the model server's writes and the client's reads"
+        )
     # Inside the interval of values that are all q-quantiles the error is 0; outside, to its nearer end.
     nearest = min(max(observed, low_truth), high_truth)
     error = (observed - nearest) / nearest
     detail = f"relative error {error:+.2%}; {promise}"
     if high_truth > low_truth:
-        detail = f"{detail}; every value in [{low_truth:.4g}, {high_truth:.4g}] is a true p{q * 100:g}"
+        detail = f"{detail}; every value in [{low_truth:.4g}, {high_truth:.4g}] {interval}"
     if target is None:
         return Check(name, truth, observed, error, shown_target, False, f"{detail} promise no accuracy: use geometric")
     promised = layout.promised_range(spec.name) if layout is not None else None

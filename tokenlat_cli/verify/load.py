@@ -11,6 +11,14 @@ repeatable. A token's true time is where the measurement can see it:
   p99 by 8% in a CI run, and by 2% to 30% with two busy loops contending for the cores, where the truth from the
   server's writes stayed within 3%. A request still starts when this client sends it (:func:`_start_when_sent`).
 
+A hop away, the measurement's own delays are the mirror image: the sidecar stopped for 20 ms (SIGSTOP, as a host
+that takes its core away) reads a hundred streams' next chunks 20 ms late at once, and moved its inter-token p99
+16% to 29% off the server's writes. What it read then is what it relayed then, so it is no error of its measuring,
+and the truth through the sidecar is not a value but an interval (:class:`Bounds`): it reads an event after the
+server wrote it and before this client reads it (it relays what it has read), and starts a request's clock after
+this client sent it and before the server received it (:data:`RECEIVED_AT`). Each value it records lies between
+the earliest and latest those allow, so each of its quantiles lies between theirs.
+
 The model server streams as a reasoning model with tools does (:data:`SYNTHETIC_SERVER_ARGS`), so the load holds
 every kind of token the library counts. The two measurements count apart: the library with its own counting
 (tokenlat.sse, the sidecar's parser), the truth by reading back the synthetic server's token texts
@@ -35,7 +43,7 @@ import aiohttp
 from tokenlat import semconv
 from tokenlat.sse import DONE, iter_sse_data, openai_event_tokens
 from tokenlat.stream import RequestTiming, TokenMetrics, wrap_async_stream
-from tokenlat_cli.verify.synthetic import WRITTEN_AT, token_text
+from tokenlat_cli.verify.synthetic import RECEIVED_AT, WRITTEN_AT, token_text
 
 if TYPE_CHECKING:
     from tokenlat_cli.verify.statistics import Recorded
@@ -56,6 +64,35 @@ _PREFIX, _, _SUFFIX = token_text(0).partition("1")
 _TOKEN_TEXT = re.compile(rf"\b{re.escape(_PREFIX)}(\d+){re.escape(_SUFFIX)}")
 
 
+def _per_metric() -> dict[str, list[float]]:
+    return {spec.name: [] for spec in semconv.ALL_METRICS}
+
+
+@dataclass
+class Bounds:
+    """Through the sidecar, per metric, the least and the most each of its values can be (module docstring)."""
+
+    low: dict[str, list[float]] = field(default_factory=_per_metric)
+    high: dict[str, list[float]] = field(default_factory=_per_metric)
+
+    def add(self, spec: semconv.MetricSpec, low: float, high: float, times: int = 1) -> None:
+        self.low[spec.name].extend([low] * times)
+        self.high[spec.name].extend([high] * times)
+
+    def extend(self, other: Bounds) -> None:
+        for name, values in other.low.items():
+            self.low[name].extend(values)
+            self.high[name].extend(other.high[name])
+
+
+@dataclass
+class _Seen:
+    """One event of a stream through the sidecar: when the server wrote it, and when this client read it."""
+
+    written: float
+    read: float
+
+
 @dataclass
 class LoadResult:
     """Ground truth of the successful requests, and what went wrong with the others."""
@@ -68,6 +105,8 @@ class LoadResult:
     trace_ids: set[str] = field(default_factory=set)
     #: What the library recorded and sent, per histogram, when it measured in this process (statistics.Recorded).
     recorded: dict[str, Recorded] = field(default_factory=dict)
+    #: Where the sidecar measured: the interval each true value lies in, as it could see it.
+    bounds: Bounds | None = None
 
     @property
     def output_tokens(self) -> int:
@@ -106,17 +145,39 @@ def synthetic_tokens(data: str) -> list[int]:
     return [int(number) for number in _TOKEN_TEXT.findall(data)]
 
 
-def _written_at(data: str, start: float) -> float:
-    """When the model server wrote the event ``data`` (its :data:`WRITTEN_AT` stamp). The stamp must lie between the
-    request's start and this reading, or the two processes do not share one clock and the truth would be garbage."""
-    read = time.perf_counter()
-    written = json.loads(data).get(WRITTEN_AT)
-    if not isinstance(written, float) or not start <= written <= read:
+def _server_stamps(data: str, start: float, read: float) -> tuple[float, float]:
+    """When the model server received the request and wrote the event ``data`` (its :data:`RECEIVED_AT` and
+    :data:`WRITTEN_AT` stamps). They must lie in that order between the request's start and ``read``, this reading,
+    or the two processes do not share one clock and the truth would be garbage."""
+    chunk = json.loads(data)
+    received, written = chunk.get(RECEIVED_AT), chunk.get(WRITTEN_AT)
+    if not (isinstance(received, float) and isinstance(written, float) and start <= received <= written <= read):
         raise RuntimeError(
-            f"the model server's {WRITTEN_AT} {written!r} is not between the request's start ({start:.6f}) and"
-            f" this reading ({read:.6f}): not verify's model server, or not one clock (CLOCK_MONOTONIC)"
+            f"the model server's {RECEIVED_AT} {received!r} and {WRITTEN_AT} {written!r} are not in order between"
+            f" the request's start ({start:.6f}) and this reading ({read:.6f}): not verify's model server, or not"
+            " one clock (CLOCK_MONOTONIC)"
         )
-    return written
+    return received, written
+
+
+def _sidecar_bounds(
+    truth: RequestTiming, received: float, first: _Seen, events: Sequence[tuple[_Seen, int]], end: _Seen
+) -> Bounds:
+    """One request's bounds (module docstring): ``first``, its first token's event; ``events``, every later token
+    event with its tokens; ``end``, its last event's write, and this client's reading once the response ended."""
+    bounds = Bounds()
+    bounds.add(semconv.TTFT_SPEC, first.written - received, first.read - truth.start)
+    bounds.add(semconv.DURATION_SPEC, end.written - received, end.read - truth.start)
+    if truth.output_tokens > 1:
+        after_first = truth.output_tokens - 1
+        low, high = end.written - first.read, end.read - first.written
+        bounds.add(semconv.TPOT_SPEC, low / after_first, high / after_first)
+    previous = first
+    for seen, tokens in events:
+        low, high = seen.written - previous.read, seen.read - previous.written
+        bounds.add(semconv.ITL_SPEC, low / tokens, high / tokens, tokens)
+        previous = seen
+    return bounds
 
 
 def _measured_tokens(data: str) -> int:
@@ -146,7 +207,10 @@ async def _one_request(
     metrics: TokenMetrics | None,
     attributes: Mapping[str, str],
     gaps: list[float],
+    bounds: Bounds,
 ) -> RequestTiming:
+    """One request, its truth returned; its gaps go to ``gaps``, and measured outside (``metrics`` None) its
+    bounds to ``bounds``."""
     prompt, words = _prompt(rng)
     body = {
         "model": model,
@@ -175,9 +239,15 @@ async def _one_request(
         outside = metrics is None
         last: float | None = None
         now = truth.start
+        received = truth.start
+        seen = first_seen = _Seen(now, now)
+        events: list[tuple[_Seen, int]] = []
         async for data in stream:
             # The library's reading comes just before; a measurement outside reads the write (module docstring).
-            now = _written_at(data, truth.start) if outside else time.perf_counter()
+            now = time.perf_counter()
+            if outside:
+                received, written = _server_stamps(data, truth.start, now)
+                seen, now = _Seen(written, now), written
             positions = synthetic_tokens(data)
             if not positions:  # finish, tool-call header or usage: the usage report is the cross-check
                 usage = json.loads(data).get("usage") or usage
@@ -187,12 +257,21 @@ async def _one_request(
                 raise RuntimeError(f"tokens {positions} where token {first} was next")
             tokens = len(positions)
             if last is None:
-                truth.first_token = now
+                truth.first_token, first_seen = now, seen
             else:
                 gaps.extend([(now - last) / tokens] * tokens)
+                if outside:
+                    events.append((seen, tokens))
             last = now
             truth.output_tokens += tokens
-        truth.end = now if outside else time.perf_counter()  # outside: the write of the last event
+        if outside:
+            truth.end = now  # the write of the last event
+            await response.read()  # to the response's end, which the sidecar's clock stops at
+            end = _Seen(seen.written, time.perf_counter())
+            if truth.first_token is not None:
+                bounds.extend(_sidecar_bounds(truth, received, first_seen, events, end))
+        else:
+            truth.end = time.perf_counter()
     # The server's own count must agree with what the client counted, or the truth itself is wrong.
     if usage.get("completion_tokens") != truth.output_tokens or usage.get("prompt_tokens") != words:
         raise RuntimeError(f"usage {usage} disagrees with the client's count ({truth.output_tokens} out, {words} in)")
@@ -224,7 +303,7 @@ async def run_load(
     (tens of milliseconds for the last), and a measurement that starts the clock on arrival (the sidecar) leaves
     that queue out of TTFT where the truth counts it.
     """
-    result = LoadResult()
+    result = LoadResult(bounds=Bounds() if metrics is None and not services else None)
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(total):
         queue.put_nowait(index)
@@ -245,10 +324,15 @@ async def run_load(
             rng = random.Random(seed * 1_000_003 + index)
             try:
                 request_gaps: list[float] = []
+                request_bounds = Bounds()
                 measured = services[index % len(services)] if services else metrics
-                truth = await _one_request(session, index, url, model, rng, measured, attributes, request_gaps)
+                truth = await _one_request(
+                    session, index, url, model, rng, measured, attributes, request_gaps, request_bounds
+                )
                 result.truths.append(truth)
                 result.gaps.extend(request_gaps)
+                if result.bounds is not None:
+                    result.bounds.extend(request_bounds)
             except (aiohttp.ClientError, RuntimeError, ValueError, asyncio.TimeoutError) as exc:
                 result.failures.append(f"request {index}: {type(exc).__name__}: {exc}")
             done += 1

@@ -642,7 +642,10 @@ def compare_with_truth(
         for q in checks.QUANTILES:
             observed_q = answered[q] = client.scalar(queries.quantile(spec, q))
             recorded = load.recorded.get(spec.name)  # none when the sidecar measured
-            report.checks.extend(checks.quantile_checks(spec, q, truths[spec.name], observed_q, layout, recorded))
+            bounds = None if load.bounds is None else (load.bounds.low[spec.name], load.bounds.high[spec.name])
+            report.checks.extend(
+                checks.quantile_checks(spec, q, truths[spec.name], observed_q, layout, recorded, bounds)
+            )
     report.checks.append(checks.id_label_check(client.label_names()))
     sent_ids = {i for index in range(settings.requests) for i in identities(index)}
     report.checks.append(checks.id_value_check(client.label_values(), sent_ids))

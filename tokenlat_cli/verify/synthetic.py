@@ -40,6 +40,7 @@ from tokenlat import listening
 __all__ = [
     "DEFAULT_MODEL",
     "LISTENING_PREFIX",
+    "RECEIVED_AT",
     "TOOL_NAME",
     "WRITTEN_AT",
     "Distribution",
@@ -66,6 +67,9 @@ TOOL_NAME = "lookup"
 #: host: verify times a token by its write when the measurement is a hop away, where its own reading would add delays
 #: the measurement cannot see (verify.load).
 WRITTEN_AT = "tokenlat_written_at"
+#: Beside :data:`WRITTEN_AT`, the same clock as the request's handler began, after the request's head had arrived:
+#: the latest a measurement a hop before this server can have started the request's clock.
+RECEIVED_AT = "tokenlat_received_at"
 
 # How long a stopping server lets in-flight streams finish before cancelling them.
 # Synthetic streams are cheap to abandon, and a SIGTERM should not hang for aiohttp's
@@ -193,8 +197,8 @@ class SyntheticConfig:
     #: Tokens at the end of each completion that go out as the arguments of one tool call, a chunk per token
     #: (fewer when the completion is shorter); 0: no tool call.
     tool_call_tokens: int = 0
-    #: Stamp every streamed chunk with the server's clock as it is written (:data:`WRITTEN_AT`); off, the chunks are
-    #: as OpenAI streams them.
+    #: Stamp every streamed chunk with the server's clock as it is written (:data:`WRITTEN_AT`) and as the request
+    #: was received (:data:`RECEIVED_AT`); off, the chunks are as OpenAI streams them.
     stamp_writes: bool = False
 
     def __post_init__(self) -> None:
@@ -383,7 +387,8 @@ class _Reply:
     created: int
     request: _ChatRequest
     plan: RequestPlan
-    stamp_writes: bool
+    #: When the handler began (RECEIVED_AT), with ``stamp_writes``; None: the chunks carry no stamps.
+    received_at: float | None
 
     @property
     def id(self) -> str:
@@ -448,7 +453,8 @@ class _Reply:
             "model": self.model,
             **fields,
         }
-        if self.stamp_writes:
+        if self.received_at is not None:
+            chunk[RECEIVED_AT] = self.received_at
             chunk[WRITTEN_AT] = time.perf_counter()
         return chunk
 
@@ -540,6 +546,7 @@ class _Handlers:
         self.stats = stats
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        received = time.perf_counter()
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
@@ -555,7 +562,8 @@ class _Handlers:
         self.stats.started += 1
         start = asyncio.get_running_loop().time()
         plan = plan_request(self.config, index, chat.max_tokens)
-        reply = _Reply(index, chat.model, int(time.time()), chat, plan, self.config.stamp_writes)
+        stamp = received if self.config.stamp_writes else None
+        reply = _Reply(index, chat.model, int(time.time()), chat, plan, stamp)
         stream = _event_stream() if chat.stream else None
         try:
             if stream is not None:
@@ -727,7 +735,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stamp-writes",
         action="store_true",
-        help=f"stamp every streamed chunk with the server's clock as it is written ({WRITTEN_AT})",
+        help=f"stamp every streamed chunk with the server's clock as it is written ({WRITTEN_AT}) and as the"
+        f" request was received ({RECEIVED_AT})",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request to stderr")
     return parser
