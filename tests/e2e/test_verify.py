@@ -175,6 +175,7 @@ def test_verify_via_sidecar_measures_from_outside(
     assert len(truth_rows) == 16 and all("measured through the sidecar" in c["detail"] for c in truth_rows)
     if histogram == "exponential":
         assert all(c["tolerance"] == 0.02 for c in truth_rows)  # native histograms' own target, nothing added
+    assert "through the sidecar, the widest interval a quantile could pass in was" in result.stdout  # how sharp
 
 
 def test_verify_fails_when_the_pipeline_loses_information(

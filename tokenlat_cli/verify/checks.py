@@ -98,11 +98,10 @@ def truth_check(
     shown_target: float | str = target if target is not None else "none"
     if observed is None or math.isnan(observed):
         return Check(name, truth, None, None, shown_target, False, "no data in Prometheus")
+    low_truth, high_truth = truth_interval(truths, q, bounds)
     if bounds is None:
-        low_truth, high_truth = true_quantile_interval(truths, q)
         interval = f"is a true p{q * 100:g}"
     else:
-        low_truth, high_truth = true_quantile_interval(bounds[0], q)[0], true_quantile_interval(bounds[1], q)[1]
         promise = f"{promise}, measured through the sidecar"
         interval = (
             f"is a p{q * 100:g} the sidecar can have read, between the model server's writes and the client's reads"
@@ -123,6 +122,14 @@ def truth_check(
             f"{detail}; the truth is outside the layout's range {low:g}-{high:g} s, where nothing is promised",
         )  # fmt: skip
     return Check(name, truth, observed, error, target, abs(error) <= target, f"{detail}, target {target:.0%}")
+
+
+def truth_interval(truths: Sequence[float], q: float, bounds: SidecarBounds | None = None) -> tuple[float, float]:
+    """The values that are all true q-quantiles; through the sidecar (``bounds``), every value its q-quantile can
+    have: from the least values' lowest q-quantile to the most values' highest."""
+    if bounds is None:
+        return true_quantile_interval(truths, q)
+    return true_quantile_interval(bounds[0], q)[0], true_quantile_interval(bounds[1], q)[1]
 
 
 def pipeline_check(spec: semconv.MetricSpec, q: float, observed: float | None, recorded: Recorded) -> Check:

@@ -79,6 +79,10 @@ class Bounds:
         self.low[spec.name].extend([low] * times)
         self.high[spec.name].extend([high] * times)
 
+    def of(self, spec: semconv.MetricSpec) -> tuple[list[float], list[float]]:
+        """The least and the most values of ``spec``'s metric."""
+        return self.low[spec.name], self.high[spec.name]
+
     def extend(self, other: Bounds) -> None:
         for name, values in other.low.items():
             self.low[name].extend(values)

@@ -14,7 +14,7 @@ import dataclasses
 import secrets
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from tokenlat_cli.verify.backends import (
 from tokenlat_cli.verify.cardinality import cardinality_checks
 from tokenlat_cli.verify.certs import CertificateSet, make_certificates
 from tokenlat_cli.verify.exemplars import EXEMPLAR_METRICS, TraceIds, exemplar_check
-from tokenlat_cli.verify.load import LoadResult, identities, run_load, truth_series
+from tokenlat_cli.verify.load import Bounds, LoadResult, identities, run_load, truth_series
 from tokenlat_cli.verify.polling import poll, wait_for_value
 from tokenlat_cli.verify.probes import otlp_export_accepted
 from tokenlat_cli.verify.processes import ProcessGroup
@@ -53,7 +53,7 @@ from tokenlat_cli.verify.services import (
     start_sidecar,
     start_synthetic,
 )
-from tokenlat_cli.verify.statistics import recorded_histograms
+from tokenlat_cli.verify.statistics import recorded_histograms, true_quantile
 from tokenlat_cli.verify.synthetic import DEFAULT_MODEL, Distribution, SyntheticConfig, parse_token_range, plan_request
 from tokenlat_cli.verify.traces import TraceSink, start_trace_sink, trace_checks
 
@@ -573,6 +573,23 @@ def _mean_stream_seconds(settings: VerifySettings) -> float:
     return statistics.fmean(plan_request(config, i).total_seconds for i in range(first))
 
 
+def _widest_interval(truths: Mapping[str, Sequence[float]], bounds: Bounds) -> str | None:
+    """How sharp the checks through the sidecar are: their widest interval against its truth (None: no values).
+    The client's and the sidecar's own delays widen it (verify.load), and a quantile anywhere in it passes."""
+    widths: dict[str, float] = {}
+    for spec in (semconv.TTFT_SPEC, semconv.TPOT_SPEC, semconv.DURATION_SPEC, semconv.ITL_SPEC):
+        for q in checks.QUANTILES if truths[spec.name] else ():
+            low, high = checks.truth_interval(truths[spec.name], q, bounds.of(spec))
+            widths[f"{semconv.prometheus_name(spec)} p{q * 100:g}"] = (high - low) / true_quantile(truths[spec.name], q)
+    if not widths:
+        return None
+    widest = max(widths, key=widths.__getitem__)
+    return (
+        f"through the sidecar, the widest interval a quantile could pass in was {widths[widest]:.1%} of its truth"
+        f" ({widest}): the client's and the sidecar's delays during the load set it"
+    )
+
+
 def _exemplars(
     report: Report,
     profile: Profile,
@@ -642,10 +659,12 @@ def compare_with_truth(
         for q in checks.QUANTILES:
             observed_q = answered[q] = client.scalar(queries.quantile(spec, q))
             recorded = load.recorded.get(spec.name)  # none when the sidecar measured
-            bounds = None if load.bounds is None else (load.bounds.low[spec.name], load.bounds.high[spec.name])
+            bounds = None if load.bounds is None else load.bounds.of(spec)
             report.checks.extend(
                 checks.quantile_checks(spec, q, truths[spec.name], observed_q, layout, recorded, bounds)
             )
+    if load.bounds is not None and (widest := _widest_interval(truths, load.bounds)):
+        report.notes.append(widest)
     report.checks.append(checks.id_label_check(client.label_names()))
     sent_ids = {i for index in range(settings.requests) for i in identities(index)}
     report.checks.append(checks.id_value_check(client.label_values(), sent_ids))

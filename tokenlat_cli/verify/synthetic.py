@@ -546,7 +546,7 @@ class _Handlers:
         self.stats = stats
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        received = time.perf_counter()
+        received = time.perf_counter() if self.config.stamp_writes else None  # RECEIVED_AT
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
@@ -562,8 +562,7 @@ class _Handlers:
         self.stats.started += 1
         start = asyncio.get_running_loop().time()
         plan = plan_request(self.config, index, chat.max_tokens)
-        stamp = received if self.config.stamp_writes else None
-        reply = _Reply(index, chat.model, int(time.time()), chat, plan, stamp)
+        reply = _Reply(index, chat.model, int(time.time()), chat, plan, received)
         stream = _event_stream() if chat.stream else None
         try:
             if stream is not None:
