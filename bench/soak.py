@@ -173,14 +173,24 @@ class Load:
         self._stop.set()
 
     async def run(self, extra: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
-        """The workers (and ``extra`` ones, each called in a loop) until :meth:`stop`; each ends its request first."""
+        """The workers (and ``extra`` ones, each called in a loop) until :meth:`stop`; each ends its request first.
+
+        A worker that raises what it does not expect (a bug) cancels the others and ends the load with it: gathered,
+        the others went on against a closed session, whose error a repeating worker caught and met again without
+        ever yielding, and the soak hung with a core busy."""
         connector = aiohttp.TCPConnector(limit=self.concurrency + DISCONNECTERS)
         timeout = aiohttp.ClientTimeout(total=120, sock_connect=10)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             workers = [self._steady(session) for _ in range(self.concurrency)]
             workers += [self._repeat(lambda: self._cut_stream(session)) for _ in range(DISCONNECTERS)]
             workers += [self._repeat(probe) for probe in extra]
-            await asyncio.gather(*workers)
+            tasks = [asyncio.ensure_future(worker) for worker in workers]
+            try:
+                await asyncio.gather(*tasks)
+            finally:  # before the session closes (a TaskGroup's job, from Python 3.11)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     def _model(self, index: int) -> str:
         return MODELS[index % len(MODELS)]

@@ -3,6 +3,9 @@ the warm-up is left out. The soak itself runs in tests/e2e/test_soak.py."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
 
 from bench import soak
@@ -39,3 +42,27 @@ def test_a_descriptor_leak_fails_and_noise_does_not() -> None:
 def test_too_few_samples_after_warmup_is_an_error() -> None:
     with pytest.raises(ValueError, match="samples after the warm-up"):
         soak.judge("p", _samples([1.0] * 5, [1] * 5), warmup=35.0)
+
+
+def test_a_workers_unexpected_error_ends_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A bug in a request (here a TypeError) must end the soak with it. Gathered, the other workers went on against
+    # the closed session and one spun on its error without yielding: the soak hung with a core busy.
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("a bug in the request")
+
+    monkeypatch.setattr(soak.load, "_one_request", broken)
+    work = soak.Load("http://127.0.0.1:9", concurrency=2, metrics=None)  # port 9: refused, a ClientError
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(work.run())
+        except BaseException as exc:  # whatever ended it is the outcome
+            raised.append(exc)
+
+    # In a thread, so that a load that spins fails this test instead of hanging it.
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "the load did not end"
+    assert [type(exc) for exc in raised] == [TypeError] and "a bug in the request" in str(raised[0])

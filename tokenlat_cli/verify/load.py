@@ -211,10 +211,10 @@ async def _one_request(
     metrics: TokenMetrics | None,
     attributes: Mapping[str, str],
     gaps: list[float],
-    bounds: Bounds,
+    bounds: Bounds | None = None,
 ) -> RequestTiming:
     """One request, its truth returned; its gaps go to ``gaps``, and measured outside (``metrics`` None) its
-    bounds to ``bounds``."""
+    bounds to ``bounds`` when given."""
     prompt, words = _prompt(rng)
     body = {
         "model": model,
@@ -272,7 +272,7 @@ async def _one_request(
             truth.end = now  # the write of the last event
             await response.read()  # to the response's end, which the sidecar's clock stops at
             end = _Seen(seen.written, time.perf_counter())
-            if truth.first_token is not None:
+            if bounds is not None and truth.first_token is not None:
                 bounds.extend(_sidecar_bounds(truth, received, first_seen, events, end))
         else:
             truth.end = time.perf_counter()
